@@ -1,0 +1,348 @@
+//! Validation: every function is walked from its entry along every path, with the call-frame
+//! state ([`state::Cfi`]) carried along, and the rules of the kernel's stack validation applied
+//! at each instruction:
+//!
+//! 1. a return must be reachable from a callable function;
+//! 2. a call needs a frame (frame-pointer mode);
+//! 3. a tail call (jump to a function's entry, or a dynamic jump that is not a switch table) and
+//!    a return must leave the stack as it was at entry;
+//! 4. no kernel entry/exit instruction in callable code;
+//! 5. paths meeting at an instruction must agree on the state;
+//!
+//! plus unreachable code, undecodable bytes and falling off the end of a function.
+//!
+//! Functions are walked in parallel; each walk owns its visited set, and findings are returned
+//! per function and merged and sorted afterwards. Like objtool, a walk stops at its function's
+//! first finding: later ones on the same path are usually consequences of the first.
+
+pub mod state;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+
+use crate::decode::{InsnId, Insns, Kind};
+use crate::graph::{step, Dest, FuncId, Graph, Step};
+use crate::report::{Finding, FindingKind};
+use state::{Cfi, StackError};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Apply the frame-pointer rules (CONFIG_FRAME_POINTER kernels).
+    pub frame_pointer: bool,
+}
+
+pub struct Outcome {
+    pub findings: Vec<Finding>,
+    pub functions_validated: usize,
+    pub insns_visited: u64,
+}
+
+struct Ctx<'a, 'data> {
+    insns: &'a Insns,
+    graph: &'a Graph<'data>,
+    cfg: Config,
+    /// Instructions outside any function that some walk reached.
+    code_seen: Vec<AtomicU64>,
+}
+
+pub fn run(
+    insns: &Insns,
+    graph: &Graph<'_>,
+    cfg: Config,
+    progress: Option<&ProgressBar>,
+) -> Outcome {
+    let ctx = Ctx {
+        insns,
+        graph,
+        cfg,
+        code_seen: (0..insns.len().div_ceil(64))
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+    };
+    let roots: Vec<FuncId> = (0..graph.funcs.len() as FuncId)
+        .filter(|&f| graph.func(f).skip.is_none())
+        .collect();
+    let results: Vec<(Vec<Finding>, u64)> = roots
+        .par_iter()
+        .map(|&f| {
+            let r = Walk::new(&ctx, f).run();
+            if let Some(p) = progress {
+                p.inc(1);
+            }
+            r
+        })
+        .collect();
+    let mut findings = Vec::new();
+    let mut visited = 0;
+    for (f, v) in results {
+        findings.extend(f);
+        visited += v;
+    }
+    findings.extend(returns_outside_functions(&ctx));
+    Outcome {
+        findings,
+        functions_validated: roots.len(),
+        insns_visited: visited,
+    }
+}
+
+/// Rule 1: a return that no function's walk reached and that lies outside every function.
+fn returns_outside_functions(ctx: &Ctx<'_, '_>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for (i, insn) in ctx.insns.list.iter().enumerate() {
+        if insn.kind != Kind::Return {
+            continue;
+        }
+        let seen = ctx.code_seen[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0;
+        if !seen && ctx.graph.func_at(insn.addr).is_none() {
+            out.push(Finding::new(FindingKind::ReturnOutsideFunction, insn.addr));
+        }
+    }
+    out
+}
+
+/// A path to continue: an instruction, the function whose code it is in (`None` outside
+/// functions), and the state on entry to it.
+type Pending = (InsnId, Option<FuncId>, Cfi);
+
+struct Walk<'c, 'a, 'data> {
+    ctx: &'c Ctx<'a, 'data>,
+    f: FuncId,
+    /// Visited instructions of the function's own range.
+    own: Vec<u64>,
+    /// Visited instructions elsewhere (cold parts, other functions, code outside functions).
+    other: HashMap<InsnId, ()>,
+    /// States at branch targets, where paths can meet.
+    states: HashMap<InsnId, Cfi>,
+    work: Vec<Pending>,
+    visited: u64,
+}
+
+/// The walk stopped at a finding.
+struct Stop(Finding);
+
+impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
+    fn new(ctx: &'c Ctx<'a, 'data>, f: FuncId) -> Self {
+        let func = ctx.graph.func(f);
+        Walk {
+            ctx,
+            f,
+            own: vec![0; ((func.end - func.first) as usize).div_ceil(64)],
+            other: HashMap::new(),
+            states: HashMap::new(),
+            work: Vec::new(),
+            visited: 0,
+        }
+    }
+
+    fn run(mut self) -> (Vec<Finding>, u64) {
+        let func = self.ctx.graph.func(self.f);
+        let Some(entry) = self.ctx.insns.at(func.addr) else {
+            return (
+                vec![Finding::new(FindingKind::NoStartingInstruction, func.addr)],
+                0,
+            );
+        };
+        self.work.push((entry, Some(self.f), Cfi::initial()));
+        while let Some((id, home, state)) = self.work.pop() {
+            if let Err(Stop(finding)) = self.path(id, home, state) {
+                return (vec![finding], self.visited);
+            }
+        }
+        let unreachable = self.first_unreachable();
+        (unreachable.into_iter().collect(), self.visited)
+    }
+
+    /// Marks `id` visited; returns false if it already was.
+    fn visit(&mut self, id: InsnId) -> bool {
+        let func = self.ctx.graph.func(self.f);
+        if id >= func.first && id < func.end {
+            let i = (id - func.first) as usize;
+            let (w, b) = (i / 64, 1u64 << (i % 64));
+            if self.own[w] & b != 0 {
+                return false;
+            }
+            self.own[w] |= b;
+        } else if self.other.insert(id, ()).is_some() {
+            return false;
+        }
+        self.visited += 1;
+        true
+    }
+
+    fn path(&mut self, mut id: InsnId, home: Option<FuncId>, mut state: Cfi) -> Result<(), Stop> {
+        let ctx = self.ctx;
+        let insns = ctx.insns;
+        let fp = ctx.cfg.frame_pointer;
+        loop {
+            let insn = *insns.get(id);
+            let first_visit = self.visit(id);
+            if ctx.graph.is_target(id) {
+                if let Some(prev) = self.states.get(&id) {
+                    if let Some(detail) = prev.mismatch(&state) {
+                        return Err(Stop(if fp && prev.frame_pointer_mismatch(&state) {
+                            Finding::new(FindingKind::FramePointerMismatch, insn.addr)
+                        } else {
+                            Finding::with(
+                                FindingKind::StackStateMismatch,
+                                insn.addr,
+                                format!("stack state mismatch: {detail}"),
+                            )
+                        }));
+                    }
+                } else {
+                    self.states.insert(id, state);
+                }
+            }
+            if !first_visit {
+                return Ok(());
+            }
+            if home.is_none() {
+                ctx.code_seen[id as usize / 64].fetch_or(1 << (id % 64), Ordering::Relaxed);
+            }
+            let step = step(insns, ctx.graph, home, id);
+            if fp && matches!(step, Step::Call(_) | Step::CallIndirect) && !state.has_frame() {
+                return Err(Stop(Finding::new(FindingKind::CallWithoutFrame, insn.addr)));
+            }
+            if let Err(e) = state.apply(&insn.op) {
+                let kind = match e {
+                    StackError::Undefined => FindingKind::UndefinedStackState,
+                    StackError::Realign => FindingKind::UnsupportedRealignment,
+                    StackError::UnknownInsn => FindingKind::UnknownStackInstruction,
+                    StackError::SpModification => FindingKind::UnsupportedStackModification,
+                };
+                return Err(Stop(Finding::new(kind, insn.addr)));
+            }
+            match step {
+                Step::Next | Step::CallIndirect => {
+                    // iretq in a function must pop a frame the function built itself
+                    // (sync_core()'s iret-to-self); anything else leaves the function.
+                    if insn.kind == Kind::Iretq
+                        && (state.cfa.base != crate::decode::reg::SP || state.stack_size < 8)
+                    {
+                        return Err(Stop(Finding::new(FindingKind::KernelEntryExit, insn.addr)));
+                    }
+                }
+                Step::Call(Dest::Entry(g)) => {
+                    if ctx.graph.noreturn[g as usize] {
+                        return Ok(());
+                    }
+                }
+                Step::Call(Dest::Local(t)) => {
+                    // A call to code of the same function (retpoline-style): the return
+                    // address stays on the stack for the code at the target.
+                    let mut pushed = state;
+                    pushed
+                        .apply(&crate::decode::StackOp {
+                            kind: crate::decode::OpKind::Push,
+                            ..crate::decode::StackOp::NONE
+                        })
+                        .map_err(|_| {
+                            Stop(Finding::new(FindingKind::UndefinedStackState, insn.addr))
+                        })?;
+                    self.work.push((t, home, pushed));
+                    return Ok(());
+                }
+                Step::Call(_) => {}
+                Step::Branch(d) => self.follow(d, home, insn.addr, state)?,
+                Step::Goto(d) => return self.follow(d, home, insn.addr, state),
+                Step::Table => {
+                    for &t in ctx.graph.tables[&id].iter() {
+                        self.work.push((t, home, state));
+                    }
+                    return Ok(());
+                }
+                Step::Dynamic => return self.sibling(insn.addr, &state),
+                Step::Return => {
+                    if state.modified() {
+                        return Err(Stop(Finding::new(
+                            FindingKind::ReturnModifiedFrame,
+                            insn.addr,
+                        )));
+                    }
+                    return Ok(());
+                }
+                Step::DeadEnd => return Ok(()),
+                Step::ContextSwitch => {
+                    return Err(Stop(Finding::new(FindingKind::KernelEntryExit, insn.addr)))
+                }
+                Step::Invalid => {
+                    return Err(Stop(Finding::new(FindingKind::CantDecode, insn.addr)))
+                }
+            }
+            // Fall through.
+            let next = id + 1;
+            if next as usize >= insns.len() || insns.get(next).addr != insn.end() {
+                return Err(Stop(Finding::new(FindingKind::EndOfSection, insn.addr)));
+            }
+            let next_addr = insns.get(next).addr;
+            if !ctx.graph.in_region(home, next_addr) {
+                let walked = ctx.graph.func(self.f).name;
+                let next_name = ctx
+                    .graph
+                    .func_at(next_addr)
+                    .or_else(|| ctx.graph.func_after(next_addr))
+                    .map_or("<end of section>", |g| ctx.graph.func(g).name);
+                return Err(Stop(Finding::with(
+                    FindingKind::FallsThrough,
+                    ctx.graph.func(self.f).addr,
+                    format!("{walked}() falls through to next function {next_name}()"),
+                )));
+            }
+            id = next;
+        }
+    }
+
+    /// Continues at a direct branch's destination.
+    fn follow(&mut self, d: Dest, home: Option<FuncId>, from: u64, state: Cfi) -> Result<(), Stop> {
+        match d {
+            Dest::Local(t) => self.work.push((t, home, state)),
+            Dest::Into(g, t) => self.work.push((t, Some(self.ctx.graph.home(g)), state)),
+            Dest::Code(t) => self.work.push((t, None, state)),
+            Dest::Entry(_) => return self.sibling(from, &state),
+            Dest::Nowhere => return Err(Stop(Finding::new(FindingKind::BadJumpDestination, from))),
+        }
+        Ok(())
+    }
+
+    /// Rule 3: a tail call must leave the frame as the function found it.
+    fn sibling(&self, at: u64, state: &Cfi) -> Result<(), Stop> {
+        if !state.modified() {
+            return Ok(());
+        }
+        let kind = if self.ctx.cfg.frame_pointer && state.frame_pointer_changed() {
+            FindingKind::SiblingCallChangedFrame
+        } else {
+            FindingKind::SiblingCallModifiedFrame
+        };
+        Err(Stop(Finding::new(kind, at)))
+    }
+
+    /// The first instruction of the function (or its cold parts) no path reached, ignoring
+    /// padding: nops, int3 and ud2 that compilers and the linker place where nothing runs.
+    fn first_unreachable(&self) -> Option<Finding> {
+        let g = self.ctx.graph;
+        let func = g.func(self.f);
+        let padding = |k: Kind| matches!(k, Kind::Nop | Kind::Int3 | Kind::Ud2);
+        for id in func.first..func.end {
+            let i = (id - func.first) as usize;
+            let insn = self.ctx.insns.get(id);
+            if self.own[i / 64] & (1 << (i % 64)) == 0 && !padding(insn.kind) {
+                return Some(Finding::new(FindingKind::UnreachableInstruction, insn.addr));
+            }
+        }
+        for &c in g.cold_parts(self.f) {
+            let cf = g.func(c);
+            for id in cf.first..cf.end {
+                let insn = self.ctx.insns.get(id);
+                if !self.other.contains_key(&id) && !padding(insn.kind) {
+                    return Some(Finding::new(FindingKind::UnreachableInstruction, insn.addr));
+                }
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,612 @@
+//! Decoding: every executable byte of the image is decoded once with iced-x86 into a compact
+//! [`Insn`]: its length, what kind of control flow it is, the resolved target of a direct branch,
+//! and the one stack-pointer effect ([`StackOp`]) the stack-state walk needs.
+//!
+//! Sections are cut at symbol boundaries so that a stray byte of data in one place cannot shift
+//! the instruction stream of the next function, and the pieces are decoded in parallel. A byte
+//! sequence that does not decode becomes a one-byte [`Kind::Invalid`] and decoding resumes at
+//! the next byte; whether that matters is for the checks to say.
+
+use iced_x86::{
+    Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind as IcedOp, Register,
+};
+use rayon::prelude::*;
+
+use crate::image::{Image, SymKind};
+
+/// Dense index of an instruction in [`Insns::list`].
+pub type InsnId = u32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    Other,
+    Nop,
+    Call,
+    CallIndirect,
+    Jump,
+    JumpIndirect,
+    JumpCond,
+    Return,
+    /// syscall, sysret, sysenter, sysexit, 32-bit iret, far return: kernel entry or exit.
+    ContextSwitch,
+    /// 64-bit iretq: a context switch, except sync_core()'s iret-to-self inside a function.
+    Iretq,
+    Ud2,
+    Int3,
+    Halt,
+    /// `mov table(,%idx,8), %reg`: a load that may feed an indirect jump through a switch table.
+    TableLoad,
+    Invalid,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum OpKind {
+    None,
+    /// Push of something other than a general register (immediate, memory, flags, segment).
+    Push,
+    PushReg,
+    /// Pop into something other than a general register.
+    Pop,
+    PopReg,
+    /// `add/sub $imm, %rsp` or `lea imm(%rsp), %rsp`: rsp += imm.
+    AddSp,
+    /// `and $imm, %rsp`: stack realignment.
+    AndSp,
+    /// `mov %rsp, %reg`.
+    MovSpTo,
+    /// `mov %reg, %rsp`.
+    MovToSp,
+    /// `lea imm(%base), %rsp`.
+    LeaSpFrom,
+    /// `lea imm(%rsp), %reg`.
+    LeaFromSp,
+    /// `mov %reg, imm(%base)` with base rsp or rbp: a register saved on the stack.
+    Store,
+    /// `mov imm(%base), %reg` with base rsp or rbp: a register restored from the stack.
+    Load,
+    Leave,
+    /// `enter $imm, $0`.
+    Enter,
+    /// Any other write to rsp.
+    UnknownSp,
+}
+
+/// General registers in x86 encoding order.
+pub mod reg {
+    pub const AX: u8 = 0;
+    pub const CX: u8 = 1;
+    pub const DX: u8 = 2;
+    pub const BX: u8 = 3;
+    pub const SP: u8 = 4;
+    pub const BP: u8 = 5;
+    pub const SI: u8 = 6;
+    pub const DI: u8 = 7;
+    pub const R12: u8 = 12;
+    pub const R15: u8 = 15;
+    pub const NONE: u8 = 0xff;
+    pub const NAMES: [&str; 16] = [
+        "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12",
+        "r13", "r14", "r15",
+    ];
+    pub fn name(r: u8) -> &'static str {
+        NAMES.get(r as usize).copied().unwrap_or("?")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StackOp {
+    pub kind: OpKind,
+    pub reg: u8,
+    pub base: u8,
+    pub imm: i32,
+}
+
+impl StackOp {
+    pub const NONE: StackOp = StackOp {
+        kind: OpKind::None,
+        reg: reg::NONE,
+        base: reg::NONE,
+        imm: 0,
+    };
+    fn new(kind: OpKind, reg: u8, base: u8, imm: i64) -> Self {
+        StackOp {
+            kind,
+            reg,
+            base,
+            imm: imm.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Insn {
+    pub addr: u64,
+    /// Direct branch target; for an indirect jump or [`Kind::TableLoad`] through
+    /// `disp(,%idx,8)`, the table's address; otherwise 0.
+    pub target: u64,
+    pub len: u8,
+    pub kind: Kind,
+    pub op: StackOp,
+}
+
+impl Insn {
+    pub fn end(&self) -> u64 {
+        self.addr + self.len as u64
+    }
+    pub fn is_branch(&self) -> bool {
+        matches!(self.kind, Kind::Jump | Kind::JumpCond | Kind::Call)
+    }
+}
+
+/// Every decoded instruction of the image, sorted by address.
+pub struct Insns {
+    pub list: Vec<Insn>,
+    pub bytes: u64,
+}
+
+impl Insns {
+    /// The instruction starting exactly at `addr`.
+    pub fn at(&self, addr: u64) -> Option<InsnId> {
+        self.list
+            .binary_search_by_key(&addr, |i| i.addr)
+            .ok()
+            .map(|i| i as InsnId)
+    }
+
+    /// The first instruction at or after `addr`.
+    pub fn lower_bound(&self, addr: u64) -> InsnId {
+        self.list.partition_point(|i| i.addr < addr) as InsnId
+    }
+
+    pub fn get(&self, id: InsnId) -> &Insn {
+        &self.list[id as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+/// Decodes every executable section of `image`.
+pub fn decode_image(image: &Image<'_>) -> Insns {
+    // Resynchronisation points: section starts, and the starts and ends of code symbols.
+    let mut pieces: Vec<(u64, &[u8])> = Vec::new();
+    for (si, sec) in image.sections.iter().enumerate() {
+        if !sec.exec || sec.data.is_empty() {
+            continue;
+        }
+        let mut cuts: Vec<u64> = image
+            .symbols
+            .iter()
+            .filter(|s| s.section as usize == si && s.kind != SymKind::Object)
+            .flat_map(|s| [s.addr, s.addr.saturating_add(s.size)])
+            .filter(|&a| a > sec.addr && a < sec.addr + sec.data.len() as u64)
+            .collect();
+        cuts.push(sec.addr);
+        cuts.push(sec.addr + sec.data.len() as u64);
+        cuts.sort_unstable();
+        cuts.dedup();
+        for w in cuts.windows(2) {
+            let (lo, hi) = ((w[0] - sec.addr) as usize, (w[1] - sec.addr) as usize);
+            pieces.push((w[0], &sec.data[lo..hi]));
+        }
+    }
+    // Group pieces into batches of roughly equal byte counts for the thread pool.
+    const BATCH: usize = 128 * 1024;
+    let mut batches: Vec<&[(u64, &[u8])]> = Vec::new();
+    let (mut start, mut acc) = (0, 0);
+    for (i, p) in pieces.iter().enumerate() {
+        acc += p.1.len();
+        if acc >= BATCH {
+            batches.push(&pieces[start..=i]);
+            start = i + 1;
+            acc = 0;
+        }
+    }
+    batches.push(&pieces[start..]);
+    let parts: Vec<Vec<Insn>> = batches
+        .par_iter()
+        .map(|batch| {
+            let mut out = Vec::with_capacity(batch.iter().map(|p| p.1.len()).sum::<usize>() / 4);
+            for &(addr, bytes) in batch.iter() {
+                decode_into(addr, bytes, &mut out);
+            }
+            out
+        })
+        .collect();
+    let mut list = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for p in parts {
+        list.extend(p);
+    }
+    // Sections can be listed out of address order; keep the global list sorted.
+    if !list.windows(2).all(|w| w[0].addr < w[1].addr) {
+        list.sort_by_key(|i| i.addr);
+        list.dedup_by_key(|i| i.addr);
+    }
+    let bytes = pieces.iter().map(|p| p.1.len() as u64).sum();
+    Insns { list, bytes }
+}
+
+/// Decodes `bytes`, which live at `addr`, appending to `out`.
+pub fn decode_into(addr: u64, bytes: &[u8], out: &mut Vec<Insn>) {
+    let mut decoder = Decoder::with_ip(64, bytes, addr, DecoderOptions::NONE);
+    let mut ins = Instruction::default();
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        decoder.decode_out(&mut ins);
+        if ins.is_invalid() {
+            out.push(Insn {
+                addr: addr + pos as u64,
+                target: 0,
+                len: 1,
+                kind: Kind::Invalid,
+                op: StackOp::NONE,
+            });
+            pos += 1;
+            // Positions inside `bytes` are always valid.
+            let _ = decoder.set_position(pos);
+            decoder.set_ip(addr + pos as u64);
+            continue;
+        }
+        out.push(classify(&ins));
+        pos += ins.len();
+    }
+}
+
+fn gpr(r: Register) -> Option<u8> {
+    let full = r.full_register();
+    let n = match full {
+        Register::RAX => 0,
+        Register::RCX => 1,
+        Register::RDX => 2,
+        Register::RBX => 3,
+        Register::RSP => 4,
+        Register::RBP => 5,
+        Register::RSI => 6,
+        Register::RDI => 7,
+        Register::R8 => 8,
+        Register::R9 => 9,
+        Register::R10 => 10,
+        Register::R11 => 11,
+        Register::R12 => 12,
+        Register::R13 => 13,
+        Register::R14 => 14,
+        Register::R15 => 15,
+        _ => return None,
+    };
+    Some(n)
+}
+
+fn is_gpr64(r: Register) -> bool {
+    r.is_gpr64()
+}
+
+/// Turns one decoded instruction into its compact form.
+pub fn classify(ins: &Instruction) -> Insn {
+    let mut insn = Insn {
+        addr: ins.ip(),
+        target: 0,
+        len: ins.len() as u8,
+        kind: Kind::Other,
+        op: StackOp::NONE,
+    };
+    let m = ins.mnemonic();
+    insn.kind = match m {
+        Mnemonic::Syscall
+        | Mnemonic::Sysret
+        | Mnemonic::Sysretq
+        | Mnemonic::Sysenter
+        | Mnemonic::Sysexit
+        | Mnemonic::Sysexitq
+        | Mnemonic::Iret
+        | Mnemonic::Iretd
+        | Mnemonic::Retf => Kind::ContextSwitch,
+        Mnemonic::Iretq => Kind::Iretq,
+        Mnemonic::Ud2 => Kind::Ud2,
+        Mnemonic::Int3 => Kind::Int3,
+        Mnemonic::Hlt => Kind::Halt,
+        Mnemonic::Nop => Kind::Nop,
+        _ => match ins.flow_control() {
+            FlowControl::Call => Kind::Call,
+            FlowControl::IndirectCall => Kind::CallIndirect,
+            FlowControl::UnconditionalBranch => Kind::Jump,
+            FlowControl::IndirectBranch => Kind::JumpIndirect,
+            FlowControl::ConditionalBranch => Kind::JumpCond,
+            FlowControl::Return => Kind::Return,
+            _ => Kind::Other,
+        },
+    };
+    match insn.kind {
+        Kind::Call | Kind::Jump | Kind::JumpCond => {
+            if matches!(
+                ins.op0_kind(),
+                IcedOp::NearBranch64 | IcedOp::NearBranch32 | IcedOp::NearBranch16
+            ) {
+                insn.target = ins.near_branch_target();
+            } else {
+                // Far branches: no target we can follow.
+                insn.kind = if insn.kind == Kind::Call {
+                    Kind::CallIndirect
+                } else {
+                    Kind::JumpIndirect
+                };
+            }
+        }
+        Kind::JumpIndirect => {
+            if let Some(t) = table_operand(ins, 0) {
+                insn.target = t;
+            }
+            if ins.op0_kind() == IcedOp::Register {
+                insn.op.reg = gpr(ins.op0_register()).unwrap_or(reg::NONE);
+            }
+        }
+        Kind::Iretq => {
+            // Modelled as the five-word pop it performs; see check::state.
+            insn.op = StackOp::new(OpKind::AddSp, reg::NONE, reg::NONE, 40);
+        }
+        _ => {}
+    }
+    if insn.kind == Kind::Other {
+        insn.op = stack_op(ins);
+        if insn.op.kind == OpKind::None && m == Mnemonic::Mov && ins.op0_kind() == IcedOp::Register
+        {
+            if let Some(t) = table_operand(ins, 1) {
+                if let Some(r) = gpr(ins.op0_register()) {
+                    insn.kind = Kind::TableLoad;
+                    insn.target = t;
+                    insn.op.reg = r;
+                }
+            }
+        }
+    }
+    insn
+}
+
+/// The table address of a `disp(,%idx,8)` memory operand at `op`.
+fn table_operand(ins: &Instruction, op: u32) -> Option<u64> {
+    if ins.op_kind(op) != IcedOp::Memory
+        || ins.memory_base() != Register::None
+        || ins.memory_index() == Register::None
+        || ins.memory_index_scale() != 8
+    {
+        return None;
+    }
+    Some(ins.memory_displacement64())
+}
+
+fn stack_op(ins: &Instruction) -> StackOp {
+    use OpKind as K;
+    let m = ins.mnemonic();
+    let op0_reg = if ins.op_count() > 0 && ins.op0_kind() == IcedOp::Register {
+        ins.op0_register()
+    } else {
+        Register::None
+    };
+    let op1_reg = if ins.op_count() > 1 && ins.op1_kind() == IcedOp::Register {
+        ins.op1_register()
+    } else {
+        Register::None
+    };
+    let none = reg::NONE;
+    match m {
+        Mnemonic::Push => {
+            if is_gpr64(op0_reg) {
+                return StackOp::new(K::PushReg, gpr(op0_reg).unwrap(), none, 0);
+            }
+            return StackOp::new(K::Push, none, none, 0);
+        }
+        Mnemonic::Pushfq | Mnemonic::Pushf => return StackOp::new(K::Push, none, none, 0),
+        Mnemonic::Pop => {
+            if is_gpr64(op0_reg) {
+                return StackOp::new(K::PopReg, gpr(op0_reg).unwrap(), none, 0);
+            }
+            return StackOp::new(K::Pop, none, none, 0);
+        }
+        Mnemonic::Popfq | Mnemonic::Popf => return StackOp::new(K::Pop, none, none, 0),
+        Mnemonic::Leave => return StackOp::new(K::Leave, none, none, 0),
+        Mnemonic::Enter => {
+            return StackOp::new(K::Enter, none, none, ins.immediate16() as i64);
+        }
+        _ => {}
+    }
+    let writes_sp = op0_reg == Register::RSP;
+    match m {
+        Mnemonic::Add | Mnemonic::Sub if writes_sp => {
+            if is_imm(ins.op1_kind()) {
+                let v = ins.immediate(1) as i64;
+                let v = if m == Mnemonic::Sub { -v } else { v };
+                return StackOp::new(K::AddSp, none, none, v);
+            }
+            StackOp::new(K::UnknownSp, none, none, 0)
+        }
+        Mnemonic::And if writes_sp => {
+            if is_imm(ins.op1_kind()) {
+                return StackOp::new(K::AndSp, none, none, ins.immediate(1) as i64);
+            }
+            StackOp::new(K::UnknownSp, none, none, 0)
+        }
+        Mnemonic::Lea => {
+            let simple = ins.memory_index() == Register::None && is_gpr64(ins.memory_base());
+            let disp = ins.memory_displacement64() as i64;
+            if writes_sp {
+                if simple && ins.memory_base() == Register::RSP {
+                    return StackOp::new(K::AddSp, none, none, disp);
+                }
+                if simple {
+                    return StackOp::new(K::LeaSpFrom, none, gpr(ins.memory_base()).unwrap(), disp);
+                }
+                return StackOp::new(K::UnknownSp, none, none, 0);
+            }
+            if simple && ins.memory_base() == Register::RSP && is_gpr64(op0_reg) {
+                return StackOp::new(K::LeaFromSp, gpr(op0_reg).unwrap(), reg::SP, disp);
+            }
+            StackOp::NONE
+        }
+        Mnemonic::Mov => {
+            if is_gpr64(op0_reg) && is_gpr64(op1_reg) {
+                if op1_reg == Register::RSP && op0_reg != Register::RSP {
+                    return StackOp::new(K::MovSpTo, gpr(op0_reg).unwrap(), none, 0);
+                }
+                if writes_sp {
+                    return StackOp::new(K::MovToSp, gpr(op1_reg).unwrap(), none, 0);
+                }
+                return StackOp::NONE;
+            }
+            if writes_sp {
+                return StackOp::new(K::UnknownSp, none, none, 0);
+            }
+            // Register saves and restores through rsp- or rbp-based slots.
+            let frame_mem = |ins: &Instruction| {
+                ins.memory_index() == Register::None
+                    && matches!(ins.memory_base(), Register::RSP | Register::RBP)
+            };
+            if ins.op0_kind() == IcedOp::Memory && is_gpr64(op1_reg) && frame_mem(ins) {
+                return StackOp::new(
+                    K::Store,
+                    gpr(op1_reg).unwrap(),
+                    gpr(ins.memory_base()).unwrap(),
+                    ins.memory_displacement64() as i64,
+                );
+            }
+            if is_gpr64(op0_reg) && ins.op1_kind() == IcedOp::Memory && frame_mem(ins) {
+                return StackOp::new(
+                    K::Load,
+                    gpr(op0_reg).unwrap(),
+                    gpr(ins.memory_base()).unwrap(),
+                    ins.memory_displacement64() as i64,
+                );
+            }
+            StackOp::NONE
+        }
+        // Instructions that name rsp as their first operand without writing it.
+        Mnemonic::Cmp | Mnemonic::Test | Mnemonic::Bt => StackOp::NONE,
+        _ if writes_sp => StackOp::new(K::UnknownSp, none, none, 0),
+        Mnemonic::Xchg if op1_reg == Register::RSP => StackOp::new(K::UnknownSp, none, none, 0),
+        _ => StackOp::NONE,
+    }
+}
+
+fn is_imm(k: IcedOp) -> bool {
+    use IcedOp as O;
+    matches!(
+        k,
+        O::Immediate8
+            | O::Immediate8to16
+            | O::Immediate8to32
+            | O::Immediate8to64
+            | O::Immediate16
+            | O::Immediate32
+            | O::Immediate32to64
+            | O::Immediate64
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: u64 = 0xffff_ffff_8100_0000;
+
+    fn one(bytes: &[u8]) -> Insn {
+        let mut out = Vec::new();
+        decode_into(BASE, bytes, &mut out);
+        assert_eq!(out.len(), 1, "{bytes:x?} decoded as {out:?}");
+        out[0]
+    }
+
+    #[test]
+    fn control_flow_kinds() {
+        assert_eq!(one(&[0xc3]).kind, Kind::Return);
+        assert_eq!(one(&[0xcc]).kind, Kind::Int3);
+        assert_eq!(one(&[0x0f, 0x0b]).kind, Kind::Ud2);
+        assert_eq!(one(&[0x0f, 0x07]).kind, Kind::ContextSwitch); // sysret
+        assert_eq!(one(&[0x48, 0x0f, 0x07]).kind, Kind::ContextSwitch); // sysretq
+        assert_eq!(one(&[0x0f, 0x05]).kind, Kind::ContextSwitch); // syscall
+        assert_eq!(one(&[0x48, 0xcf]).kind, Kind::Iretq);
+        assert_eq!(one(&[0xf4]).kind, Kind::Halt);
+        assert_eq!(one(&[0x0f, 0x1f, 0x44, 0x00, 0x00]).kind, Kind::Nop);
+        assert_eq!(one(&[0x90]).kind, Kind::Nop);
+        assert_eq!(one(&[0xff, 0xe0]).kind, Kind::JumpIndirect); // jmp *%rax
+        assert_eq!(one(&[0xff, 0xd0]).kind, Kind::CallIndirect); // call *%rax
+    }
+
+    #[test]
+    fn branch_targets_resolve() {
+        let call = one(&[0xe8, 0x10, 0x00, 0x00, 0x00]);
+        assert_eq!((call.kind, call.target), (Kind::Call, BASE + 5 + 0x10));
+        let jmp = one(&[0xeb, 0xfe]);
+        assert_eq!((jmp.kind, jmp.target), (Kind::Jump, BASE));
+        let jz = one(&[0x0f, 0x84, 0x00, 0x01, 0x00, 0x00]);
+        assert_eq!((jz.kind, jz.target), (Kind::JumpCond, BASE + 6 + 0x100));
+    }
+
+    #[test]
+    fn switch_table_jump_and_load() {
+        // jmp *0xffffffff82000000(,%rax,8)
+        let j = one(&[0xff, 0x24, 0xc5, 0x00, 0x00, 0x00, 0x82]);
+        assert_eq!(
+            (j.kind, j.target),
+            (Kind::JumpIndirect, 0xffff_ffff_8200_0000)
+        );
+        // mov 0xffffffff82000000(,%rdi,8),%rax
+        let l = one(&[0x48, 0x8b, 0x04, 0xfd, 0x00, 0x00, 0x00, 0x82]);
+        assert_eq!(
+            (l.kind, l.target, l.op.reg),
+            (Kind::TableLoad, 0xffff_ffff_8200_0000, reg::AX)
+        );
+    }
+
+    #[test]
+    fn stack_ops() {
+        let op = |b: &[u8]| one(b).op;
+        assert_eq!(op(&[0x55]).kind, OpKind::PushReg);
+        assert_eq!(op(&[0x55]).reg, reg::BP);
+        assert_eq!(op(&[0x41, 0x57]).reg, reg::R15);
+        assert_eq!(op(&[0x5b]).kind, OpKind::PopReg);
+        assert_eq!(op(&[0x9c]).kind, OpKind::Push); // pushf
+        assert_eq!(op(&[0x6a, 0x00]).kind, OpKind::Push); // push $0
+        let sub = op(&[0x48, 0x83, 0xec, 0x18]); // sub $0x18,%rsp
+        assert_eq!((sub.kind, sub.imm), (OpKind::AddSp, -0x18));
+        let add = op(&[0x48, 0x81, 0xc4, 0x00, 0x01, 0x00, 0x00]); // add $0x100,%rsp
+        assert_eq!((add.kind, add.imm), (OpKind::AddSp, 0x100));
+        let and = op(&[0x48, 0x83, 0xe4, 0xf0]); // and $-16,%rsp
+        assert_eq!((and.kind, and.imm), (OpKind::AndSp, -16));
+        let mov = op(&[0x48, 0x89, 0xe5]); // mov %rsp,%rbp
+        assert_eq!((mov.kind, mov.reg), (OpKind::MovSpTo, reg::BP));
+        let back = op(&[0x48, 0x89, 0xec]); // mov %rbp,%rsp
+        assert_eq!((back.kind, back.reg), (OpKind::MovToSp, reg::BP));
+        assert_eq!(op(&[0xc9]).kind, OpKind::Leave);
+        let lea = op(&[0x4c, 0x8d, 0x54, 0x24, 0x08]); // lea 0x8(%rsp),%r10
+        assert_eq!((lea.kind, lea.reg, lea.imm), (OpKind::LeaFromSp, 10, 8));
+        let lea_sp = op(&[0x49, 0x8d, 0x62, 0xf8]); // lea -0x8(%r10),%rsp
+        assert_eq!(
+            (lea_sp.kind, lea_sp.base, lea_sp.imm),
+            (OpKind::LeaSpFrom, 10, -8)
+        );
+        let store = op(&[0x48, 0x89, 0x5c, 0x24, 0x08]); // mov %rbx,0x8(%rsp)
+        assert_eq!(
+            (store.kind, store.reg, store.base, store.imm),
+            (OpKind::Store, reg::BX, reg::SP, 8)
+        );
+        assert_eq!(op(&[0x48, 0x89, 0xc4]).kind, OpKind::MovToSp); // mov %rax,%rsp
+        assert_eq!(op(&[0x48, 0x8b, 0x20]).kind, OpKind::UnknownSp); // mov (%rax),%rsp
+        assert_eq!(op(&[0x48, 0x01, 0xc4]).kind, OpKind::UnknownSp); // add %rax,%rsp
+        assert_eq!(op(&[0x48, 0x39, 0xc4]).kind, OpKind::None); // cmp %rax,%rsp
+    }
+
+    #[test]
+    fn undecodable_bytes_resync() {
+        let mut out = Vec::new();
+        // 0x06 (push %es) is invalid in 64-bit mode; then a ret.
+        decode_into(BASE, &[0x06, 0xc3], &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].kind, Kind::Invalid);
+        assert_eq!((out[1].addr, out[1].kind), (BASE + 1, Kind::Return));
+    }
+}

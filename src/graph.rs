@@ -1,0 +1,679 @@
+//! The global call graph: functions from the image's `STT_FUNC` symbols, their `.cold` parts,
+//! every direct branch resolved against the whole image, switch tables, and which functions
+//! never return.
+//!
+//! objtool sees one object file, so a jump to another file's code can only be assumed to be a
+//! sibling call, and whether a callee returns must come from a hand-kept list. Here the whole
+//! linked image is visible: a jump into the middle of another function is followed, and
+//! noreturn functions are inferred from their bodies to a fixed point.
+//!
+//! Assumptions: function symbols have sizes; `foo.cold` (or `foo.cold.N`) is a part of `foo`;
+//! a switch table is an array of 8-byte absolute code addresses in a data section, reached by
+//! `jmp *table(,%idx,8)` or by `mov table(,%idx,8),%reg; ...; jmp *%reg`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rayon::prelude::*;
+
+use crate::decode::{InsnId, Insns, Kind};
+use crate::image::{Image, SymKind};
+
+pub type FuncId = u32;
+
+/// Why a function is not validated on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// A `.cold` part: validated as part of its parent, with the parent's state.
+    ColdPart,
+    /// A `.cold` part whose parent could not be identified.
+    Orphan,
+    /// `__pfx_*` / `__cfi_*` symbols: the padding objtool places before each function for
+    /// call-depth tracking and kCFI. They are patched at boot and never called as written.
+    Prefix,
+}
+
+#[derive(Clone, Debug)]
+pub struct Func<'data> {
+    pub name: &'data str,
+    pub addr: u64,
+    pub size: u64,
+    pub section: u32,
+    /// Instructions `first..end` lie in `[addr, addr + size)`.
+    pub first: InsnId,
+    pub end: InsnId,
+    /// For a `.cold` part, the function it belongs to.
+    pub parent: Option<FuncId>,
+    pub skip: Option<Skip>,
+}
+
+impl Func<'_> {
+    pub fn contains(&self, addr: u64) -> bool {
+        addr >= self.addr && addr - self.addr < self.size
+    }
+    pub fn end_addr(&self) -> u64 {
+        self.addr + self.size
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EdgeKind {
+    Call,
+    /// A jump to the start of another function: a tail call.
+    Sibling,
+    /// A jump into the middle of another function, followed with the current state.
+    CrossJump,
+    /// A jump into a `.cold` part.
+    Cold,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Edge {
+    pub from: FuncId,
+    pub to: FuncId,
+    pub kind: EdgeKind,
+    pub insn: InsnId,
+}
+
+/// Where a direct branch lands, seen from the function it is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// An instruction of the same function (or one of its `.cold` parts), not its entry.
+    Local(InsnId),
+    /// The entry of a function (possibly the same one: a recursive tail call).
+    Entry(FuncId),
+    /// The middle of another function.
+    Into(FuncId, InsnId),
+    /// Code that belongs to no function (assembly entry code, thunks).
+    Code(InsnId),
+    /// No instruction starts there.
+    Nowhere,
+}
+
+pub struct Graph<'data> {
+    pub funcs: Vec<Func<'data>>,
+    /// Cold parts of each function: `cold[cold_start[f]..cold_start[f+1]]`.
+    cold: Vec<FuncId>,
+    cold_start: Vec<u32>,
+    /// Direct edges, sorted by `from`; `edge_start[f]..edge_start[f+1]` are f's.
+    pub edges: Vec<Edge>,
+    edge_start: Vec<u32>,
+    /// The same edges sorted by `to`.
+    callers: Vec<Edge>,
+    /// Resolved switch tables, keyed by the indirect jump.
+    pub tables: HashMap<InsnId, Box<[InsnId]>>,
+    /// Bit per instruction: some branch, call or switch table can land on it.
+    targets: Vec<u64>,
+    /// `noreturn[f]`: no path from f's entry returns to its caller.
+    pub noreturn: Vec<bool>,
+    /// How many rounds the noreturn fixed point took.
+    pub noreturn_rounds: u32,
+}
+
+impl<'data> Graph<'data> {
+    /// The function whose range holds `addr` (the innermost one, for nested symbols).
+    pub fn func_at(&self, addr: u64) -> Option<FuncId> {
+        let i = self.funcs.partition_point(|f| f.addr <= addr);
+        self.funcs[..i]
+            .iter()
+            .rev()
+            .take(4)
+            .position(|f| f.contains(addr))
+            .map(|back| (i - 1 - back) as FuncId)
+    }
+
+    /// The first function starting at or after `addr`.
+    pub fn func_after(&self, addr: u64) -> Option<FuncId> {
+        let i = self.funcs.partition_point(|f| f.addr < addr);
+        (i < self.funcs.len()).then_some(i as FuncId)
+    }
+
+    pub fn func(&self, id: FuncId) -> &Func<'data> {
+        &self.funcs[id as usize]
+    }
+
+    /// The function a part belongs to: its parent for a `.cold` part, else itself.
+    pub fn home(&self, id: FuncId) -> FuncId {
+        self.funcs[id as usize].parent.unwrap_or(id)
+    }
+
+    pub fn cold_parts(&self, f: FuncId) -> &[FuncId] {
+        let (a, b) = (self.cold_start[f as usize], self.cold_start[f as usize + 1]);
+        &self.cold[a as usize..b as usize]
+    }
+
+    /// Whether `id` is the destination of some direct branch, call or switch-table entry:
+    /// the only places where two paths can meet.
+    pub fn is_target(&self, id: InsnId) -> bool {
+        self.targets[id as usize / 64] & (1 << (id % 64)) != 0
+    }
+
+    /// Whether `addr` is code of function `home` (own range or a `.cold` part), or, for
+    /// `home == None`, code outside every function.
+    pub fn in_region(&self, home: Option<FuncId>, addr: u64) -> bool {
+        match home {
+            Some(h) => {
+                self.func(h).contains(addr)
+                    || self
+                        .cold_parts(h)
+                        .iter()
+                        .any(|&c| self.func(c).contains(addr))
+            }
+            None => self.func_at(addr).is_none(),
+        }
+    }
+
+    pub fn edges_from(&self, f: FuncId) -> &[Edge] {
+        let (a, b) = (self.edge_start[f as usize], self.edge_start[f as usize + 1]);
+        &self.edges[a as usize..b as usize]
+    }
+
+    pub fn edges_to(&self, f: FuncId) -> &[Edge] {
+        let a = self.callers.partition_point(|e| e.to < f);
+        let b = self.callers.partition_point(|e| e.to <= f);
+        &self.callers[a..b]
+    }
+
+    /// Classifies a direct branch to `target` taken from code of function `home` (already
+    /// resolved to its parent), or from code outside any function when `home` is `None`.
+    pub fn resolve(&self, insns: &Insns, home: Option<FuncId>, target: u64) -> Dest {
+        let Some(id) = insns.at(target) else {
+            return Dest::Nowhere;
+        };
+        let Some(f) = self.func_at(target) else {
+            return Dest::Code(id);
+        };
+        let func = self.func(f);
+        if func.addr == target && func.parent.is_none() {
+            return Dest::Entry(f);
+        }
+        if Some(self.home(f)) == home {
+            return Dest::Local(id);
+        }
+        Dest::Into(f, id)
+    }
+}
+
+/// Builds functions, edges and switch tables, then infers noreturn functions.
+pub fn build<'data>(image: &Image<'data>, insns: &Insns) -> Graph<'data> {
+    let mut funcs = collect_funcs(image, insns);
+    link_cold_parts(&mut funcs, insns);
+
+    let mut cold_lists: Vec<Vec<FuncId>> = vec![Vec::new(); funcs.len()];
+    for (i, f) in funcs.iter().enumerate() {
+        if let Some(p) = f.parent {
+            cold_lists[p as usize].push(i as FuncId);
+        }
+    }
+    let mut cold = Vec::new();
+    let mut cold_start = Vec::with_capacity(funcs.len() + 1);
+    for l in &cold_lists {
+        cold_start.push(cold.len() as u32);
+        cold.extend_from_slice(l);
+    }
+    cold_start.push(cold.len() as u32);
+
+    let mut graph = Graph {
+        funcs,
+        cold,
+        cold_start,
+        edges: Vec::new(),
+        edge_start: Vec::new(),
+        callers: Vec::new(),
+        tables: HashMap::new(),
+        targets: Vec::new(),
+        noreturn: Vec::new(),
+        noreturn_rounds: 0,
+    };
+
+    // Edges and switch tables, one function at a time in parallel, merged in order.
+    let table_relocs = TableRelocs::new(image);
+    let per_func: Vec<FuncScan> = (0..graph.funcs.len() as FuncId)
+        .into_par_iter()
+        .map(|f| scan_function(&graph, image, insns, &table_relocs, f))
+        .collect();
+    let mut edges = Vec::new();
+    for (e, t) in per_func {
+        edges.extend(e);
+        graph.tables.extend(t);
+    }
+    edges.sort_unstable();
+    edges.dedup_by_key(|e| (e.from, e.to, e.kind));
+    let mut edge_start = vec![0u32; graph.funcs.len() + 1];
+    for e in &edges {
+        edge_start[e.from as usize + 1] += 1;
+    }
+    for i in 0..graph.funcs.len() {
+        edge_start[i + 1] += edge_start[i];
+    }
+    let mut callers = edges.clone();
+    callers.sort_unstable_by_key(|e| (e.to, e.from, e.kind));
+    graph.edges = edges;
+    graph.edge_start = edge_start;
+    graph.callers = callers;
+
+    graph.targets = branch_targets(insns, &graph.tables);
+    let (noreturn, rounds) = infer_noreturn(&graph, insns);
+    graph.noreturn = noreturn;
+    graph.noreturn_rounds = rounds;
+    graph
+}
+
+fn collect_funcs<'data>(image: &Image<'data>, insns: &Insns) -> Vec<Func<'data>> {
+    let mut funcs: Vec<Func<'data>> = Vec::new();
+    // Symbols are sorted by address, then by size (largest first): the first symbol at an
+    // address wins, later ones are aliases of it.
+    let mut candidates: Vec<&crate::image::Symbol<'data>> = image
+        .symbols
+        .iter()
+        .filter(|s| {
+            s.kind == SymKind::Func && s.size > 0 && image.sections[s.section as usize].exec
+        })
+        .collect();
+    // Among aliases prefer a global name without a prefix, so reports use the name people grep for.
+    candidates.sort_by(|a, b| {
+        a.addr
+            .cmp(&b.addr)
+            .then(b.size.cmp(&a.size))
+            .then(is_prefix(a.name).cmp(&is_prefix(b.name)))
+            .then(b.global.cmp(&a.global))
+            .then(a.name.len().cmp(&b.name.len()))
+            .then(a.name.cmp(b.name))
+    });
+    for s in candidates {
+        if funcs.last().is_some_and(|f| f.addr == s.addr) {
+            continue;
+        }
+        let first = insns.lower_bound(s.addr);
+        let end = insns.lower_bound(s.addr + s.size);
+        funcs.push(Func {
+            name: s.name,
+            addr: s.addr,
+            size: s.size,
+            section: s.section,
+            first,
+            end,
+            parent: None,
+            skip: is_prefix(s.name).then_some(Skip::Prefix),
+        });
+    }
+    funcs
+}
+
+fn is_prefix(name: &str) -> bool {
+    name.starts_with("__pfx_") || name.starts_with("__cfi_")
+}
+
+/// The parent's name of a `.cold` part: `foo` for `foo.cold` and `foo.cold.12`.
+pub fn cold_parent_name(name: &str) -> Option<&str> {
+    let i = name.rfind(".cold")?;
+    let rest = &name[i + 5..];
+    (rest.is_empty()
+        || rest
+            .strip_prefix('.')
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+    .then_some(&name[..i])
+}
+
+/// Links every `.cold` part to its parent. Static functions can share a name across files, so
+/// when several functions carry the parent's name, the one that jumps into the part wins.
+fn link_cold_parts(funcs: &mut [Func<'_>], insns: &Insns) {
+    let mut by_name: HashMap<&str, Vec<FuncId>> = HashMap::new();
+    for (i, f) in funcs.iter().enumerate() {
+        if cold_parent_name(f.name).is_none() {
+            by_name.entry(f.name).or_default().push(i as FuncId);
+        }
+    }
+    for i in 0..funcs.len() {
+        let Some(parent_name) = cold_parent_name(funcs[i].name) else {
+            continue;
+        };
+        let (lo, hi) = (funcs[i].addr, funcs[i].end_addr());
+        let candidates = by_name.get(parent_name).map(Vec::as_slice).unwrap_or(&[]);
+        let jumps_in = |p: FuncId| {
+            let pf = &funcs[p as usize];
+            insns.list[pf.first as usize..pf.end as usize]
+                .iter()
+                .any(|x| x.is_branch() && x.kind != Kind::Call && x.target >= lo && x.target < hi)
+        };
+        let parent = match candidates {
+            [] => None,
+            [one] => Some(*one),
+            many => many.iter().copied().find(|&p| jumps_in(p)),
+        };
+        funcs[i].parent = parent;
+        funcs[i].skip = Some(if parent.is_some() {
+            Skip::ColdPart
+        } else {
+            Skip::Orphan
+        });
+    }
+}
+
+/// Relocation targets of the data sections switch tables may live in, when the image has them.
+struct TableRelocs {
+    by_section: HashMap<usize, Vec<(u64, u64)>>,
+}
+
+impl TableRelocs {
+    fn new(image: &Image<'_>) -> Self {
+        let mut by_section = HashMap::new();
+        if image.has_relocations() {
+            for name in [".rodata", ".init.rodata", ".init.data", ".data"] {
+                if let Some(sec) = image.section_by_name(name) {
+                    let r = image.reloc_targets(sec);
+                    if !r.is_empty() {
+                        by_section.insert(sec.index, r);
+                    }
+                }
+            }
+        }
+        TableRelocs { by_section }
+    }
+}
+
+/// A function's edges and the switch tables of its indirect jumps.
+type FuncScan = (Vec<Edge>, Vec<(InsnId, Box<[InsnId]>)>);
+
+fn scan_function(
+    graph: &Graph<'_>,
+    image: &Image<'_>,
+    insns: &Insns,
+    relocs: &TableRelocs,
+    f: FuncId,
+) -> FuncScan {
+    let func = graph.func(f);
+    let home = graph.home(f);
+    let mut edges = Vec::new();
+    let mut tables = Vec::new();
+    for id in func.first..func.end {
+        let insn = insns.get(id);
+        match insn.kind {
+            Kind::Call | Kind::Jump | Kind::JumpCond => {
+                let (to, kind) = match graph.resolve(insns, Some(home), insn.target) {
+                    Dest::Entry(g) if insn.kind == Kind::Call => (g, EdgeKind::Call),
+                    Dest::Entry(g) => (g, EdgeKind::Sibling),
+                    Dest::Into(g, _) if graph.func(g).parent.is_some() => (g, EdgeKind::Cold),
+                    Dest::Into(g, _) => (g, EdgeKind::CrossJump),
+                    Dest::Local(_) if insn.kind != Kind::Call => match graph.func_at(insn.target) {
+                        Some(g) if g != f && graph.func(g).parent == Some(home) => {
+                            (g, EdgeKind::Cold)
+                        }
+                        _ => continue,
+                    },
+                    _ => continue,
+                };
+                edges.push(Edge {
+                    from: home,
+                    to,
+                    kind,
+                    insn: id,
+                });
+            }
+            Kind::JumpIndirect => {
+                if let Some(t) = switch_table(graph, image, insns, relocs, f, id) {
+                    tables.push((id, t));
+                }
+            }
+            _ => {}
+        }
+    }
+    (edges, tables)
+}
+
+/// Finds the switch table an indirect jump dispatches through, if it is one.
+fn switch_table(
+    graph: &Graph<'_>,
+    image: &Image<'_>,
+    insns: &Insns,
+    relocs: &TableRelocs,
+    f: FuncId,
+    jump: InsnId,
+) -> Option<Box<[InsnId]>> {
+    let insn = insns.get(jump);
+    let func = graph.func(f);
+    let mut table = insn.target;
+    if table == 0 {
+        // `jmp *%reg`: look back a few instructions for the load from the table.
+        let r = insn.op.reg;
+        let lo = jump.saturating_sub(16).max(func.first);
+        table = (lo..jump)
+            .rev()
+            .map(|i| insns.get(i))
+            .find(|x| x.kind == Kind::TableLoad && x.op.reg == r)?
+            .target;
+    }
+    let sec = image.section_at(table)?;
+    if sec.exec || sec.data.is_empty() {
+        return None;
+    }
+    let rel = relocs.by_section.get(&sec.index);
+    let home = graph.home(f);
+    let mut out = Vec::new();
+    let mut at = table;
+    while out.len() < 4096 {
+        let Some(value) = image.read_u64(at) else {
+            break;
+        };
+        if let Some(r) = rel {
+            // With relocations, an entry is only an entry if the linker relocated it to there.
+            match r.binary_search_by_key(&at, |x| x.0) {
+                Ok(i) if r[i].1 == value => {}
+                _ => break,
+            }
+        }
+        let Some(target) = insns.at(value) else { break };
+        if graph.func_at(value).map(|g| graph.home(g)) != Some(home) {
+            break;
+        }
+        out.push(target);
+        at += 8;
+    }
+    (!out.is_empty()).then(|| out.into_boxed_slice())
+}
+
+fn branch_targets(insns: &Insns, tables: &HashMap<InsnId, Box<[InsnId]>>) -> Vec<u64> {
+    let hits: Vec<InsnId> = insns
+        .list
+        .par_iter()
+        .filter(|i| i.is_branch())
+        .filter_map(|i| insns.at(i.target))
+        .collect();
+    let mut bits = vec![0u64; insns.len().div_ceil(64)];
+    for id in hits
+        .into_iter()
+        .chain(tables.values().flat_map(|t| t.iter().copied()))
+    {
+        bits[id as usize / 64] |= 1 << (id % 64);
+    }
+    bits
+}
+
+/// What one instruction does to control flow, seen from the function being walked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Continue with the next instruction.
+    Next,
+    /// Conditional branch: both `Dest` and the next instruction.
+    Branch(Dest),
+    /// Unconditional jump to `Dest`.
+    Goto(Dest),
+    /// Indirect jump through a resolved switch table.
+    Table,
+    /// Indirect jump that is not a switch table: a tail call through a pointer.
+    Dynamic,
+    /// A call; continue after it if the callee returns.
+    Call(Dest),
+    /// An indirect call: continues.
+    CallIndirect,
+    Return,
+    /// ud2 or int3: execution never continues past it.
+    DeadEnd,
+    ContextSwitch,
+    Invalid,
+}
+
+pub fn step(insns: &Insns, graph: &Graph<'_>, home: Option<FuncId>, id: InsnId) -> Step {
+    let insn = insns.get(id);
+    match insn.kind {
+        Kind::Jump => Step::Goto(graph.resolve(insns, home, insn.target)),
+        Kind::JumpCond => Step::Branch(graph.resolve(insns, home, insn.target)),
+        Kind::Call => Step::Call(graph.resolve(insns, home, insn.target)),
+        Kind::CallIndirect => Step::CallIndirect,
+        Kind::JumpIndirect if graph.tables.contains_key(&id) => Step::Table,
+        Kind::JumpIndirect => Step::Dynamic,
+        Kind::Return => Step::Return,
+        Kind::Ud2 | Kind::Int3 => Step::DeadEnd,
+        Kind::ContextSwitch => Step::ContextSwitch,
+        Kind::Invalid => Step::Invalid,
+        // iretq inside a function is sync_core()'s iret-to-self: it continues with the next
+        // instruction. Its stack effect is checked by the state walk.
+        _ => Step::Next,
+    }
+}
+
+/// Infers which functions never return, as the least fixed point of "some path from the
+/// entry reaches a return, a tail call to a returning function, or something we cannot
+/// follow". Unknown control flow counts as returning, so a mistake can only make a function
+/// look returning (more checking), never noreturn (hiding paths).
+fn infer_noreturn(graph: &Graph<'_>, insns: &Insns) -> (Vec<bool>, u32) {
+    let n = graph.funcs.len();
+    let returns: Vec<AtomicBool> = graph
+        .funcs
+        .iter()
+        .map(|f| AtomicBool::new(f.skip == Some(Skip::Prefix) || f.skip == Some(Skip::Orphan)))
+        .collect();
+    let mut pending: Vec<FuncId> = (0..n as FuncId)
+        .filter(|&f| graph.func(f).skip.is_none())
+        .collect();
+    let mut dependents: HashMap<FuncId, Vec<FuncId>> = HashMap::new();
+    let mut rounds = 0;
+    while !pending.is_empty() {
+        rounds += 1;
+        let results: Vec<(FuncId, bool, Vec<FuncId>)> = pending
+            .par_iter()
+            .map(|&f| {
+                let (r, blockers) = may_return(graph, insns, &returns, f);
+                if r {
+                    returns[f as usize].store(true, Ordering::Relaxed);
+                }
+                (f, r, blockers)
+            })
+            .collect();
+        let mut next = Vec::new();
+        for (f, r, blockers) in results {
+            if r {
+                if let Some(d) = dependents.remove(&f) {
+                    next.extend(d);
+                }
+            } else {
+                for b in blockers {
+                    if returns[b as usize].load(Ordering::Relaxed) {
+                        next.push(f);
+                    } else {
+                        dependents.entry(b).or_default().push(f);
+                    }
+                }
+            }
+        }
+        next.sort_unstable();
+        next.dedup();
+        next.retain(|&f| !returns[f as usize].load(Ordering::Relaxed));
+        pending = next;
+    }
+    let noreturn = returns
+        .iter()
+        .zip(&graph.funcs)
+        .map(|(r, f)| f.skip.is_none() && !r.load(Ordering::Relaxed))
+        .collect();
+    (noreturn, rounds)
+}
+
+/// Whether some path from `f`'s entry returns, given what is known to return so far; and if
+/// not, the callees whose not-returning cut paths short.
+fn may_return(
+    graph: &Graph<'_>,
+    insns: &Insns,
+    returns: &[AtomicBool],
+    f: FuncId,
+) -> (bool, Vec<FuncId>) {
+    let func = graph.func(f);
+    let Some(entry) = insns.at(func.addr) else {
+        return (true, Vec::new());
+    };
+    let returning = |g: FuncId| returns[g as usize].load(Ordering::Relaxed);
+    let mut blockers = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut work = vec![(entry, Some(f))];
+    while let Some((mut id, home)) = work.pop() {
+        loop {
+            if !seen.insert(id) {
+                break;
+            }
+            let mut go = |d: Dest, work: &mut Vec<(InsnId, Option<FuncId>)>| -> Option<bool> {
+                match d {
+                    Dest::Local(t) => work.push((t, home)),
+                    Dest::Into(g, t) => work.push((t, Some(graph.home(g)))),
+                    Dest::Code(t) => work.push((t, None)),
+                    Dest::Entry(g) if returning(g) => return Some(true),
+                    Dest::Entry(g) => blockers.push(g),
+                    Dest::Nowhere => return Some(true),
+                }
+                None
+            };
+            match step(insns, graph, home, id) {
+                Step::Next | Step::CallIndirect => {}
+                Step::Branch(d) => {
+                    if go(d, &mut work) == Some(true) {
+                        return (true, blockers);
+                    }
+                }
+                Step::Goto(d) => {
+                    if go(d, &mut work) == Some(true) {
+                        return (true, blockers);
+                    }
+                    break;
+                }
+                Step::Table => {
+                    for &t in graph.tables[&id].iter() {
+                        work.push((t, home));
+                    }
+                    break;
+                }
+                Step::Dynamic | Step::Return | Step::Invalid => return (true, blockers),
+                Step::Call(Dest::Entry(g)) => {
+                    if !returning(g) {
+                        blockers.push(g);
+                        break;
+                    }
+                }
+                Step::Call(_) => {}
+                Step::DeadEnd | Step::ContextSwitch => break,
+            }
+            // Fall through to the next instruction; leaving the function's code that way is
+            // something we cannot follow meaningfully, so it counts as returning.
+            let next = id + 1;
+            if next as usize >= insns.len() || insns.get(next).addr != insns.get(id).end() {
+                return (true, blockers);
+            }
+            if !graph.in_region(home, insns.get(next).addr) {
+                return (true, blockers);
+            }
+            id = next;
+        }
+    }
+    (false, blockers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cold_names() {
+        assert_eq!(cold_parent_name("foo.cold"), Some("foo"));
+        assert_eq!(cold_parent_name("foo.part.0.cold.12"), Some("foo.part.0"));
+        assert_eq!(cold_parent_name("foo.coldish"), None);
+        assert_eq!(cold_parent_name("foo"), None);
+    }
+}

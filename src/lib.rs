@@ -1,0 +1,261 @@
+//! stackval: link-stage stack metadata validation for x86-64 Linux kernel images.
+//!
+//! The pipeline, one phase per module, each borrowing what the previous ones produced:
+//!
+//! 1. [`image`]: memory-map the vmlinux, read sections, symbols, relocations;
+//! 2. [`decode`]: decode every executable byte once into compact instructions;
+//! 3. [`graph`]: functions, `.cold` parts, the global call graph, switch tables, noreturn;
+//! 4. [`check`]: walk every function's paths with the stack state, apply the rules;
+//! 5. [`report`]: locate, sort and print the findings.
+//!
+//! [`check_image`] runs them in that order; the command-line tool, the tests and the
+//! benchmarks all call it.
+
+pub mod check;
+pub mod decode;
+pub mod graph;
+pub mod image;
+pub mod report;
+
+use std::fs::File;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use image::{Image, InputError};
+use report::Diagnostic;
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Force the frame-pointer rules on or off; by default they apply when the image has no
+    /// ORC unwind table (a CONFIG_UNWINDER_FRAME_POINTER kernel).
+    pub frame_pointer: Option<bool>,
+    /// Show a progress bar on stderr if it is a terminal.
+    pub progress: bool,
+}
+
+/// What a check of one image measured.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub functions: usize,
+    pub validated: usize,
+    pub instructions: usize,
+    pub text_bytes: u64,
+    pub insns_visited: u64,
+    pub noreturn: usize,
+    pub noreturn_rounds: u32,
+    pub switch_tables: usize,
+    pub frame_pointer: bool,
+    pub relocations: bool,
+    pub orc: bool,
+    pub kernel_release: Option<String>,
+    pub phases: Vec<(&'static str, Duration)>,
+    pub wall: Duration,
+}
+
+pub struct Checked {
+    pub diagnostics: Vec<Diagnostic>,
+    pub stats: Stats,
+}
+
+/// Maps `path` read-only.
+pub fn map_file(path: &Path) -> Result<memmap2::Mmap, InputError> {
+    let err = |what: String| InputError {
+        file: path.display().to_string(),
+        what,
+    };
+    let file = File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
+    let len = file
+        .metadata()
+        .map_err(|e| err(format!("cannot stat: {e}")))?
+        .len();
+    if len == 0 {
+        return Err(err("empty file".into()));
+    }
+    // SAFETY: the map is read-only and private to this process. If another process truncates
+    // the file while we read it, the kernel delivers SIGBUS, as it does for linkers and objtool
+    // reading their inputs; stackval never writes the file.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(format!("cannot map: {e}")))
+}
+
+struct Timer {
+    start: Instant,
+    last: Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+impl Timer {
+    fn new() -> Self {
+        let now = Instant::now();
+        Timer {
+            start: now,
+            last: now,
+            phases: Vec::new(),
+        }
+    }
+    fn phase(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.phases.push((name, now - self.last));
+        self.last = now;
+    }
+}
+
+/// Checks one image: the whole pipeline.
+pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
+    let mut timer = Timer::new();
+    let map = map_file(path)?;
+    let image = Image::parse(path, &map)?;
+    timer.phase("load");
+
+    let insns = decode::decode_image(&image);
+    timer.phase("decode");
+
+    let graph = graph::build(&image, &insns);
+    timer.phase("graph");
+
+    let orc = image.section_by_name(".orc_unwind").is_some();
+    let frame_pointer = opts.frame_pointer.unwrap_or(!orc);
+    let roots = graph.funcs.iter().filter(|f| f.skip.is_none()).count();
+    let progress = (opts.progress && std::io::stderr().is_terminal()).then(|| {
+        let bar = ProgressBar::new(roots as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} functions ({eta})")
+                .unwrap()
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("stackval: {}", path.display()));
+        bar
+    });
+    let outcome = check::run(
+        &insns,
+        &graph,
+        check::Config { frame_pointer },
+        progress.as_ref(),
+    );
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    timer.phase("validate");
+
+    let stats = Stats {
+        functions: graph.funcs.len(),
+        validated: outcome.functions_validated,
+        instructions: insns.len(),
+        text_bytes: insns.bytes,
+        insns_visited: outcome.insns_visited,
+        noreturn: graph.noreturn.iter().filter(|&&n| n).count(),
+        noreturn_rounds: graph.noreturn_rounds,
+        switch_tables: graph.tables.len(),
+        frame_pointer,
+        relocations: image.has_relocations(),
+        orc,
+        kernel_release: image.kernel_release().map(str::to_owned),
+        phases: Vec::new(),
+        wall: Duration::ZERO,
+    };
+    let diagnostics = report::diagnostics(&image, &graph, outcome.findings);
+    timer.phase("report");
+
+    drop(graph);
+    drop(insns);
+    drop(image);
+    drop(map);
+    timer.phase("unmap");
+    Ok(Checked {
+        diagnostics,
+        stats: Stats {
+            phases: timer.phases,
+            wall: timer.start.elapsed(),
+            ..stats
+        },
+    })
+}
+
+/// Describes one function's place in the call graph, for `stackval graph`.
+pub fn describe_function(path: &Path, name: &str) -> Result<Option<String>, InputError> {
+    use std::fmt::Write;
+    let map = map_file(path)?;
+    let image = Image::parse(path, &map)?;
+    let insns = decode::decode_image(&image);
+    let graph = graph::build(&image, &insns);
+    let Some(sym) = image
+        .symbols
+        .iter()
+        .find(|s| s.name == name && s.kind == image::SymKind::Func)
+    else {
+        return Ok(None);
+    };
+    let Some(f) = graph.func_at(sym.addr) else {
+        return Ok(None);
+    };
+    let f = graph.home(f);
+    let func = graph.func(f);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}() at {:#x}, {} bytes",
+        func.name, func.addr, func.size
+    );
+    if func.name != name {
+        let _ = writeln!(out, "  alias of: {name}");
+    }
+    let returns = if graph.noreturn[f as usize] {
+        "no (noreturn)"
+    } else {
+        "yes"
+    };
+    let _ = writeln!(out, "  returns: {returns}");
+    for &c in graph.cold_parts(f) {
+        let cf = graph.func(c);
+        let _ = writeln!(
+            out,
+            "  cold part: {}() at {:#x}, {} bytes",
+            cf.name, cf.addr, cf.size
+        );
+    }
+    let kind_name = |k: graph::EdgeKind| match k {
+        graph::EdgeKind::Call => "call",
+        graph::EdgeKind::Sibling => "sibling call",
+        graph::EdgeKind::CrossJump => "cross-function jump",
+        graph::EdgeKind::Cold => "jump to cold part",
+    };
+    let mut callees: Vec<_> = graph
+        .edges_from(f)
+        .iter()
+        .filter(|e| e.kind != graph::EdgeKind::Cold || graph.home(e.to) != f)
+        .collect();
+    callees.sort_by_key(|e| (e.kind, graph.func(e.to).name));
+    let _ = writeln!(out, "  callees: {}", callees.len());
+    for e in callees {
+        let at = insns.get(e.insn).addr;
+        let _ = writeln!(
+            out,
+            "    {:<20} {}()  from {:#x}",
+            kind_name(e.kind),
+            graph.func(e.to).name,
+            at
+        );
+    }
+    let mut callers: Vec<_> = graph
+        .cold_parts(f)
+        .iter()
+        .chain(std::iter::once(&f))
+        .flat_map(|&t| graph.edges_to(t))
+        .filter(|e| e.from != f)
+        .collect();
+    callers.sort_by_key(|e| (e.kind, graph.func(e.from).name, e.insn));
+    let _ = writeln!(out, "  callers: {}", callers.len());
+    for e in callers {
+        let at = insns.get(e.insn).addr;
+        let _ = writeln!(
+            out,
+            "    {:<20} {}()  at {:#x}",
+            kind_name(e.kind),
+            graph.func(e.from).name,
+            at
+        );
+    }
+    Ok(Some(out))
+}

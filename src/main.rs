@@ -1,0 +1,162 @@
+//! The `stackval` command: argument parsing and exit codes; the work is in the library.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use stackval::report::{self, Format};
+
+#[derive(Parser)]
+#[command(
+    name = "stackval",
+    version,
+    about = "Validate the stack metadata of a linked x86-64 Linux kernel image (vmlinux)",
+    long_about = "Validate the stack metadata of a linked x86-64 Linux kernel image (vmlinux).\n\n\
+        stackval checks the rules of the kernel's stack validation (objtool) on the final image: \
+        every function is decoded and walked along every path, with jumps into other files' code \
+        followed through one global call graph.\n\n\
+        Exit status: 0 no findings, 1 findings, 2 an input could not be checked."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check one or more images and report every finding.
+    Check(CheckArgs),
+    /// Show a function's callers, callees, cold parts and whether it returns.
+    Graph {
+        /// The image (vmlinux).
+        image: PathBuf,
+        /// Function name (any alias).
+        function: String,
+    },
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Worker threads [default: all cores].
+    #[arg(short, long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Apply the frame-pointer rules (default when the image has no .orc_unwind section).
+    #[arg(long, overrides_with = "no_frame_pointer")]
+    frame_pointer: bool,
+    /// Do not apply the frame-pointer rules (default when the image has an ORC table).
+    #[arg(long, overrides_with = "frame_pointer")]
+    no_frame_pointer: bool,
+    /// Print findings only: no summary line.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Never show the progress bar (it only shows when stderr is a terminal).
+    #[arg(long)]
+    no_progress: bool,
+    /// Print each phase's duration to stderr.
+    #[arg(long)]
+    time: bool,
+    /// Output format of findings on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Kernel images to check.
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Check(args) => check(args),
+        Cmd::Graph { image, function } => match stackval::describe_function(&image, &function) {
+            Ok(Some(text)) => {
+                let _ = io::stdout().write_all(text.as_bytes());
+                ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                eprintln!(
+                    "stackval: {}: no function named {function}",
+                    image.display()
+                );
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                eprintln!("stackval: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    let jobs = args.jobs.unwrap_or(0);
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build_global()
+    {
+        eprintln!("stackval: cannot start worker threads: {e}");
+        return ExitCode::from(2);
+    }
+    let frame_pointer = match (args.frame_pointer, args.no_frame_pointer) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    let opts = stackval::Options {
+        frame_pointer,
+        progress: !args.no_progress && !args.quiet,
+    };
+    let mut status = 0u8;
+    let stdout = io::stdout();
+    for path in &args.images {
+        let checked = match stackval::check_image(path, &opts) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("stackval: {e}");
+                status = 2;
+                continue;
+            }
+        };
+        if let Err(e) = report::print(&mut stdout.lock(), &checked.diagnostics, args.format) {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                return ExitCode::from(status.max(u8::from(!checked.diagnostics.is_empty())));
+            }
+            eprintln!("stackval: writing output: {e}");
+            return ExitCode::from(2);
+        }
+        let s = &checked.stats;
+        if args.time {
+            for (phase, d) in &s.phases {
+                eprintln!(
+                    "stackval: time: {phase:<9} {:>9.3} ms",
+                    d.as_secs_f64() * 1e3
+                );
+            }
+        }
+        if !args.quiet {
+            let counts = report::counts(&checked.diagnostics);
+            let by_kind: Vec<String> = counts
+                .iter()
+                .map(|(k, n)| format!("{n} {}", k.id()))
+                .collect();
+            eprintln!(
+                "stackval: {}: {} functions ({} validated, {} noreturn), {} instructions, {} findings{} in {:.2}s [{}{}{}]",
+                path.display(),
+                s.functions,
+                s.validated,
+                s.noreturn,
+                s.instructions,
+                checked.diagnostics.len(),
+                if by_kind.is_empty() { String::new() } else { format!(" ({})", by_kind.join(", ")) },
+                s.wall.as_secs_f64(),
+                if s.frame_pointer { "frame-pointer" } else { "orc" },
+                if s.relocations { ", relocations" } else { "" },
+                s.kernel_release.as_deref().map(|r| format!(", {r}")).unwrap_or_default(),
+            );
+        }
+        if !checked.diagnostics.is_empty() {
+            status = status.max(1);
+        }
+    }
+    ExitCode::from(status)
+}

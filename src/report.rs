@@ -1,0 +1,227 @@
+//! Findings as data, and their rendering.
+//!
+//! A check produces [`Finding`]s: a stable kind, an address and a message. This module turns
+//! them into [`Diagnostic`]s located the way objtool locates its warnings (`func()+0x12`, or the
+//! nearest symbol for code outside functions), sorts them so output never depends on thread
+//! scheduling, and prints them as text or JSON lines.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::graph::Graph;
+use crate::image::Image;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    ReturnOutsideFunction,
+    CallWithoutFrame,
+    SiblingCallChangedFrame,
+    SiblingCallModifiedFrame,
+    KernelEntryExit,
+    FramePointerMismatch,
+    StackStateMismatch,
+    ReturnModifiedFrame,
+    UnreachableInstruction,
+    CantDecode,
+    NoStartingInstruction,
+    FallsThrough,
+    EndOfSection,
+    BadJumpDestination,
+    UndefinedStackState,
+    UnsupportedRealignment,
+    UnknownStackInstruction,
+    UnsupportedStackModification,
+}
+
+impl FindingKind {
+    /// objtool's wording for the finding.
+    pub fn text(self) -> &'static str {
+        use FindingKind::*;
+        match self {
+            ReturnOutsideFunction => "return instruction outside of a callable function",
+            CallWithoutFrame => "call without frame pointer save/setup",
+            SiblingCallChangedFrame => {
+                "sibling call from callable instruction with changed frame pointer"
+            }
+            SiblingCallModifiedFrame => {
+                "sibling call from callable instruction with modified stack frame"
+            }
+            KernelEntryExit => "kernel entry/exit from callable instruction",
+            FramePointerMismatch => "frame pointer state mismatch",
+            StackStateMismatch => "stack state mismatch",
+            ReturnModifiedFrame => "return with modified stack frame",
+            UnreachableInstruction => "function has unreachable instruction",
+            CantDecode => "can't decode instruction",
+            NoStartingInstruction => "can't find starting instruction",
+            FallsThrough => "falls through to next function",
+            EndOfSection => "unexpected end of section",
+            BadJumpDestination => "can't find jump destination",
+            UndefinedStackState => "undefined stack state",
+            UnsupportedRealignment => "unsupported stack pointer realignment",
+            UnknownStackInstruction => "unknown stack-related instruction",
+            UnsupportedStackModification => "unsupported stack register modification",
+        }
+    }
+
+    pub fn id(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+/// What a check found, before it is located.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub addr: u64,
+    /// The full message; usually `kind.text()`, sometimes with details.
+    pub message: String,
+}
+
+impl Finding {
+    pub fn new(kind: FindingKind, addr: u64) -> Self {
+        Finding {
+            kind,
+            addr,
+            message: kind.text().to_string(),
+        }
+    }
+    pub fn with(kind: FindingKind, addr: u64, message: String) -> Self {
+        Finding {
+            kind,
+            addr,
+            message,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Diagnostic {
+    pub file: String,
+    pub kind: FindingKind,
+    pub function: Option<String>,
+    pub offset: u64,
+    #[serde(serialize_with = "hex")]
+    pub address: u64,
+    pub section: String,
+    /// `func()+0x12`, `func()`, or `symbol+0x12` / `.section+0x12` outside functions.
+    pub location: String,
+    pub message: String,
+}
+
+fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:#x}"))
+}
+
+impl Diagnostic {
+    pub fn text(&self) -> String {
+        if self.location.is_empty() {
+            format!("{}: warning: stackval: {}", self.file, self.message)
+        } else {
+            format!(
+                "{}: warning: stackval: {}: {}",
+                self.file, self.location, self.message
+            )
+        }
+    }
+}
+
+/// Locates, sorts and de-duplicates findings.
+pub fn diagnostics(
+    image: &Image<'_>,
+    graph: &Graph<'_>,
+    mut findings: Vec<Finding>,
+) -> Vec<Diagnostic> {
+    findings.sort_by(|a, b| (a.addr, a.kind, &a.message).cmp(&(b.addr, b.kind, &b.message)));
+    findings.dedup();
+    findings
+        .into_iter()
+        .map(|f| {
+            let section = image.section_at(f.addr).map(|s| s.name).unwrap_or("?");
+            let func = graph.func_at(f.addr).map(|id| graph.func(id));
+            let (function, offset, location) = match (f.kind, func) {
+                (FindingKind::FallsThrough, Some(func)) => {
+                    (Some(func.name.to_string()), 0, String::new())
+                }
+                (FindingKind::NoStartingInstruction, Some(func)) => {
+                    (Some(func.name.to_string()), 0, format!("{}()", func.name))
+                }
+                (_, Some(func)) => {
+                    let off = f.addr - func.addr;
+                    (
+                        Some(func.name.to_string()),
+                        off,
+                        format!("{}()+{:#x}", func.name, off),
+                    )
+                }
+                (_, None) => {
+                    let loc = match nearest_symbol(image, f.addr) {
+                        Some((name, off)) => format!("{name}+{off:#x}"),
+                        None => {
+                            let off = image.section_at(f.addr).map_or(f.addr, |s| f.addr - s.addr);
+                            format!("{section}+{off:#x}")
+                        }
+                    };
+                    (None, 0, loc)
+                }
+            };
+            Diagnostic {
+                file: image.file.clone(),
+                kind: f.kind,
+                function,
+                offset,
+                address: f.addr,
+                section: section.to_string(),
+                location,
+                message: f.message,
+            }
+        })
+        .collect()
+}
+
+/// The closest symbol at or before `addr` in the same section.
+fn nearest_symbol<'a>(image: &'a Image<'_>, addr: u64) -> Option<(&'a str, u64)> {
+    let sec = image.section_at(addr)?;
+    let i = image.symbols.partition_point(|s| s.addr <= addr);
+    image.symbols[..i]
+        .iter()
+        .rev()
+        .find(|s| {
+            image.sections[s.section as usize].index == sec.index && !s.name.starts_with("__pfx_")
+        })
+        .map(|s| (s.name, addr - s.addr))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Writes findings to `out`. A closed pipe ends output quietly.
+pub fn print(out: &mut impl Write, diags: &[Diagnostic], format: Format) -> io::Result<()> {
+    for d in diags {
+        match format {
+            Format::Text => writeln!(out, "{}", d.text())?,
+            Format::Json => {
+                serde_json::to_writer(&mut *out, d)?;
+                writeln!(out)?;
+            }
+        }
+    }
+    out.flush()
+}
+
+/// Counts by kind, for the summary line.
+pub fn counts(diags: &[Diagnostic]) -> BTreeMap<FindingKind, usize> {
+    let mut m = BTreeMap::new();
+    for d in diags {
+        *m.entry(d.kind).or_insert(0) += 1;
+    }
+    m
+}
