@@ -24,14 +24,14 @@ newest_pkg() {
     apt-cache search --names-only "$1" | awk '{print $1}' | sort -V | tail -1
 }
 
-fetch_one() { # flavour regex
+fetch_one() { # flavour package-regex (anchored with ^...$)
     local flavour=$1 regex=$2
     # Reuse any cached image of this flavour when apt is not reachable or not needed.
     local pkg
     pkg=$(newest_pkg "$regex" || true)
     if [ -z "$pkg" ]; then
         local cached
-        cached=$(ls -d "$cache"/linux-image-"$flavour"*/vmlinux 2>/dev/null | sort -V | tail -1 || true)
+        cached=$(ls -d "$cache"/linux-image-*/vmlinux 2>/dev/null | grep -E "/${regex#^}" | sort -V | tail -1 || true)
         [ -n "$cached" ] || { echo "fetch-kernels: no package matches $regex" >&2; return 1; }
         echo "$flavour $cached"; return 0
     fi

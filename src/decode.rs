@@ -2,7 +2,7 @@
 //! [`Insn`]: its length, what kind of control flow it is, the resolved target of a direct branch,
 //! and the one stack-pointer effect ([`StackOp`]) the stack-state walk needs.
 //!
-//! Sections are cut at symbol boundaries so that a stray byte of data in one place cannot shift
+//! Sections are cut at the boundaries of top-level symbols so that a stray byte of data in one place cannot shift
 //! the instruction stream of the next function, and the pieces are decoded in parallel. A byte
 //! sequence that does not decode becomes a one-byte [`Kind::Invalid`] and decoding resumes at
 //! the next byte; whether that matters is for the checks to say.
@@ -181,13 +181,29 @@ pub fn decode_image(image: &Image<'_>) -> Insns {
         if !sec.exec || sec.data.is_empty() {
             continue;
         }
-        let mut cuts: Vec<u64> = image
+        // Cut at symbols that are not inside a function: a symbol inside one (an alias, an
+        // inner label) must agree with the function's own instruction stream, and one that
+        // does not is for the checks to report, not for the decoder to paper over.
+        let mut cuts = Vec::new();
+        let mut covered_to = 0u64;
+        for s in image
             .symbols
             .iter()
             .filter(|s| s.section as usize == si && s.kind != SymKind::Object)
-            .flat_map(|s| [s.addr, s.addr.saturating_add(s.size)])
-            .filter(|&a| a > sec.addr && a < sec.addr + sec.data.len() as u64)
-            .collect();
+        {
+            if s.addr >= covered_to {
+                cuts.push(s.addr);
+            }
+            if s.kind == SymKind::Func && s.size > 0 {
+                let end = s.addr.saturating_add(s.size);
+                if s.addr >= covered_to {
+                    cuts.push(end);
+                }
+                covered_to = covered_to.max(end);
+            }
+        }
+        let sec_end = sec.addr + sec.data.len() as u64;
+        cuts.retain(|&a| a > sec.addr && a < sec_end);
         cuts.push(sec.addr);
         cuts.push(sec.addr + sec.data.len() as u64);
         cuts.sort_unstable();

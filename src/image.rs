@@ -118,6 +118,13 @@ impl<'data> Image<'data> {
             }
             Err(_) => return Err(err("not an ELF file (bad magic)".into())),
         }
+        let header_size = std::mem::size_of::<FileHeader64<Endian>>();
+        if data.len() < header_size {
+            return Err(err(format!(
+                "truncated ELF header ({} bytes; an ELF64 header is {header_size})",
+                data.len()
+            )));
+        }
         let header =
             FileHeader64::<Endian>::parse(data).map_err(|e| err(format!("bad ELF header: {e}")))?;
         let endian = header
@@ -150,9 +157,19 @@ impl<'data> Image<'data> {
             }
             t => return Err(err(format!("unsupported ELF type {t}; expected ET_EXEC"))),
         }
-        let table = header
-            .sections(endian, data)
-            .map_err(|e| err(format!("bad section header table: {e}")))?;
+        let table = header.sections(endian, data).map_err(|e| {
+            let (shoff, shnum) = (header.e_shoff(endian), header.e_shnum(endian));
+            let size = u64::from(shnum) * u64::from(header.e_shentsize(endian));
+            match shoff.checked_add(size) {
+                Some(end) if end <= data.len() as u64 => {
+                    err(format!("bad section header table: {e}"))
+                }
+                _ => err(format!(
+                    "section header table (offset {shoff:#x}, {shnum} entries) lies outside the file ({} bytes); truncated?",
+                    data.len()
+                )),
+            }
+        })?;
         if table.is_empty() {
             return Err(err("no section headers".into()));
         }
@@ -209,11 +226,18 @@ impl<'data> Image<'data> {
                     ))
                 })?
             };
+            let addr = sh.sh_addr(endian);
+            if addr.checked_add(sh.sh_size(endian)).is_none() {
+                return Err(err(format!(
+                    "section {name}: address {addr:#x} size {:#x} runs past the end of the address space",
+                    sh.sh_size(endian)
+                )));
+            }
             elf_to_sec[i] = Some(sections.len() as u32);
             sections.push(Section {
                 index: i,
                 name,
-                addr: sh.sh_addr(endian),
+                addr,
                 size: sh.sh_size(endian),
                 exec: flags & u64::from(elf::SHF_EXECINSTR) != 0,
                 data: bytes,

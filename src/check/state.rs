@@ -143,8 +143,19 @@ impl Cfi {
                 ));
             }
         }
-        if (self.drap, self.drap_reg, self.drap_off) != (other.drap, other.drap_reg, other.drap_off)
-        {
+        // The DRAP register only matters while the stack is realigned through it; a
+        // `lea N(%rsp),%reg` elsewhere merely names a candidate.
+        let drap = |c: &Cfi| {
+            (
+                c.drap,
+                if c.drap {
+                    (c.drap_reg, c.drap_off)
+                } else {
+                    (UNDEF, 0)
+                },
+            )
+        };
+        if drap(self) != drap(other) {
             return Some(format!(
                 "drap1={}{:+}={} drap2={}{:+}={}",
                 drap_name(self.drap_reg),

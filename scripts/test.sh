@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, unit and fixture tests, and the
+# real-kernel tests on Debian's cloud vmlinux images (fetched and cached once).
+# Needs: the Rust toolchain, gcc and binutils (fixtures are assembled and linked at test time),
+# and apt-get/dpkg-deb for the kernel images (scripts/fetch-kernels.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need gcc || ! need ld || ! need dpkg-deb; then
+    echo "test.sh: installing gcc, binutils, dpkg" >&2
+    apt-get update -qq && apt-get install -y -qq gcc binutils dpkg >/dev/null
+fi
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+cargo fmt --check
+cargo clippy --release --all-targets -- -D warnings
+cargo test --release
+cargo test --release --test real_kernels -- --ignored --nocapture

@@ -1,0 +1,143 @@
+//! Fixture tests: every `tests/fixtures/*.S` is assembled and linked at test time like a
+//! vmlinux (`gcc -c`, `ld --emit-relocs` with `kernel.lds`), then checked by the stackval
+//! binary. Each fixture states what must happen in comment lines:
+//!
+//! ```text
+//! # args: --frame-pointer                          extra arguments to `stackval check`
+//! # expect: func()+0x5: call without frame pointer save/setup
+//! # link: both                                     also link without --emit-relocs
+//! ```
+//!
+//! The findings printed must be exactly the `expect` lines (none for a clean fixture), and
+//! the exit code 1 when there are findings, 0 when there are none.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Assembles and links one fixture; returns the image path.
+pub fn build_fixture(src: &Path, relocs: bool) -> PathBuf {
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let stem = src.file_stem().unwrap().to_str().unwrap();
+    let obj = out_dir.join(format!("{stem}.o"));
+    let elf = out_dir.join(format!(
+        "{stem}{}.elf",
+        if relocs { "" } else { "-norelocs" }
+    ));
+    let dir = fixtures_dir();
+    run(Command::new("gcc")
+        .args(["-c", "-nostdlib", "-I"])
+        .arg(&dir)
+        .arg("-o")
+        .arg(&obj)
+        .arg(src));
+    run(Command::new("ld")
+        .args(relocs.then_some("--emit-relocs"))
+        .args(["-z", "noexecstack", "-T"])
+        .arg(dir.join("kernel.lds"))
+        .arg("-o")
+        .arg(&elf)
+        .arg(&obj));
+    elf
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Expectation {
+    args: Vec<String>,
+    both_links: bool,
+    findings: Vec<String>,
+}
+
+fn expectation(src: &Path) -> Expectation {
+    let text = std::fs::read_to_string(src).unwrap();
+    let mut e = Expectation {
+        args: Vec::new(),
+        both_links: false,
+        findings: Vec::new(),
+    };
+    for line in text.lines() {
+        let line = line
+            .trim()
+            .trim_start_matches(['#', '/', '*', ' '])
+            .trim_end_matches("*/")
+            .trim();
+        if let Some(a) = line.strip_prefix("args:") {
+            e.args.extend(a.split_whitespace().map(str::to_owned));
+        } else if let Some(l) = line.strip_prefix("link:") {
+            e.both_links = l.trim() == "both";
+        } else if let Some(f) = line.strip_prefix("expect:") {
+            e.findings.push(f.trim().to_owned());
+        }
+    }
+    e
+}
+
+/// Runs stackval on a fixture; returns (exit code, findings with the file prefix removed).
+fn check(elf: &Path, args: &[String]) -> (i32, Vec<String>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_stackval"))
+        .args(["check", "--no-progress", "--quiet"])
+        .args(args)
+        .arg(elf)
+        .output()
+        .unwrap();
+    let prefix = format!("{}: warning: stackval: ", elf.display());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let findings = stdout
+        .lines()
+        .map(|l| l.strip_prefix(&prefix).unwrap_or(l).to_owned())
+        .collect();
+    (out.status.code().unwrap_or(-1), findings)
+}
+
+#[test]
+fn fixtures() {
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "S"))
+        .collect();
+    sources.sort();
+    assert!(sources.len() >= 20, "fixtures missing: {sources:?}");
+    let mut failures = Vec::new();
+    for src in &sources {
+        let want = expectation(src);
+        let links: &[bool] = if want.both_links {
+            &[true, false]
+        } else {
+            &[true]
+        };
+        for &relocs in links {
+            let elf = build_fixture(src, relocs);
+            let (code, mut got) = check(&elf, &want.args);
+            let mut expected = want.findings.clone();
+            got.sort();
+            expected.sort();
+            let want_code = if expected.is_empty() { 0 } else { 1 };
+            if got != expected || code != want_code {
+                failures.push(format!(
+                    "{}{}:\n  expected (exit {want_code}): {expected:#?}\n  got (exit {code}): {got:#?}",
+                    src.file_name().unwrap().to_string_lossy(),
+                    if relocs { "" } else { " (linked without relocations)" },
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} fixture(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -1,0 +1,118 @@
+//! Real Debian kernels: `stackval check` runs to completion on the 6.1 cloud vmlinux (with
+//! relocations and ORC) and the 6.12 cloud vmlinux (without relocations), and its output does
+//! not depend on the number of threads.
+//!
+//! The images are fetched and cached by `scripts/fetch-kernels.sh` (about 500 MB once), so
+//! these tests are ignored by a plain `cargo test`; `scripts/test.sh` runs them.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn kernels() -> Vec<(String, PathBuf)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fetch-kernels.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .output()
+        .expect("run fetch-kernels.sh");
+    assert!(
+        out.status.success(),
+        "fetch-kernels.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Vec<(String, PathBuf)> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(f, p)| (f.to_owned(), PathBuf::from(p)))
+        .collect();
+    assert_eq!(list.len(), 2, "expected the 6.1 and 6.12 images: {list:?}");
+    list
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn stackval(args: &[&str], image: &PathBuf) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_stackval"))
+        .args(["check", "--no-progress"])
+        .args(args)
+        .arg(image)
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// The number before `word` in the summary line.
+fn count_before(summary: &str, word: &str) -> u64 {
+    let i = summary
+        .find(word)
+        .unwrap_or_else(|| panic!("no {word:?} in {summary:?}"));
+    summary[..i]
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("no count before {word:?} in {summary:?}"))
+}
+
+#[test]
+#[ignore = "downloads Debian kernels; run by scripts/test.sh"]
+fn debian_kernels_check_to_completion() {
+    for (flavour, image) in kernels() {
+        let run = stackval(&[], &image);
+        assert!(
+            run.code == 0 || run.code == 1,
+            "{flavour}: exit {}\n{}",
+            run.code,
+            run.stderr
+        );
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+        let summary = run.stderr.lines().last().unwrap_or_default();
+        let functions = count_before(summary, "functions");
+        let instructions = count_before(summary, "instructions");
+        let findings = count_before(summary, "findings");
+        eprintln!("{flavour}: {summary}");
+        assert!(functions > 20_000, "{flavour}: only {functions} functions");
+        assert!(
+            instructions > 2_000_000,
+            "{flavour}: only {instructions} instructions"
+        );
+        assert_eq!(
+            findings as usize,
+            run.stdout.lines().count(),
+            "{flavour}: summary vs output"
+        );
+        let want_relocs = flavour == "6.1";
+        assert_eq!(
+            summary.contains("relocations"),
+            want_relocs,
+            "{flavour}: {summary}"
+        );
+
+        // Deterministic whatever the thread count.
+        let one = stackval(&["--jobs", "1", "--quiet"], &image);
+        assert_eq!(one.code, run.code);
+        assert!(
+            one.stdout == run.stdout,
+            "{flavour}: --jobs 1 output differs"
+        );
+
+        // JSON: one object per finding, with the same count.
+        let json = stackval(&["--format", "json", "--quiet"], &image);
+        assert_eq!(json.stdout.lines().count(), run.stdout.lines().count());
+        for line in json.stdout.lines().take(100) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            for key in [
+                "kind", "function", "offset", "address", "section", "message",
+            ] {
+                assert!(v.get(key).is_some(), "{flavour}: no {key} in {line}");
+            }
+        }
+    }
+}
