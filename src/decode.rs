@@ -324,7 +324,8 @@ pub fn classify(ins: &Instruction) -> Insn {
         | Mnemonic::Iretd
         | Mnemonic::Retf => Kind::ContextSwitch,
         Mnemonic::Iretq => Kind::Iretq,
-        Mnemonic::Ud2 => Kind::Ud2,
+        // ud0/ud1 trap like ud2; static-call trampolines end in ud1 as a signature.
+        Mnemonic::Ud2 | Mnemonic::Ud1 | Mnemonic::Ud0 => Kind::Ud2,
         Mnemonic::Int3 => Kind::Int3,
         Mnemonic::Hlt => Kind::Halt,
         Mnemonic::Nop => Kind::Nop,

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use crate::decode::{InsnId, Insns, Kind};
 use crate::image::{Image, SymKind};
+use crate::kernel::{self, Tables};
 
 pub type FuncId = u32;
 
@@ -195,8 +196,18 @@ impl<'data> Graph<'data> {
 }
 
 /// Builds functions, edges and switch tables, then infers noreturn functions.
-pub fn build<'data>(image: &Image<'data>, insns: &Insns) -> Graph<'data> {
-    let mut funcs = collect_funcs(image, insns);
+pub fn build<'data>(image: &Image<'data>, insns: &Insns, tables: &Tables) -> Graph<'data> {
+    from_funcs(collect_funcs(image, insns), Some(image), insns, tables)
+}
+
+/// Builds the graph over given functions (sorted by address). Without an image, no switch
+/// tables are read.
+fn from_funcs<'data>(
+    mut funcs: Vec<Func<'data>>,
+    image: Option<&Image<'data>>,
+    insns: &Insns,
+    tables: &Tables,
+) -> Graph<'data> {
     link_cold_parts(&mut funcs, insns);
 
     let mut cold_lists: Vec<Vec<FuncId>> = vec![Vec::new(); funcs.len()];
@@ -227,10 +238,10 @@ pub fn build<'data>(image: &Image<'data>, insns: &Insns) -> Graph<'data> {
     };
 
     // Edges and switch tables, one function at a time in parallel, merged in order.
-    let table_relocs = TableRelocs::new(image);
+    let table_relocs = image.map(TableRelocs::new);
     let per_func: Vec<FuncScan> = (0..graph.funcs.len() as FuncId)
         .into_par_iter()
-        .map(|f| scan_function(&graph, image, insns, &table_relocs, f))
+        .map(|f| scan_function(&graph, image.zip(table_relocs.as_ref()), insns, f))
         .collect();
     let mut edges = Vec::new();
     for (e, t) in per_func {
@@ -252,8 +263,8 @@ pub fn build<'data>(image: &Image<'data>, insns: &Insns) -> Graph<'data> {
     graph.edge_start = edge_start;
     graph.callers = callers;
 
-    graph.targets = branch_targets(insns, &graph.tables);
-    let (noreturn, rounds) = infer_noreturn(&graph, insns);
+    graph.targets = branch_targets(insns, &graph.tables, tables);
+    let (noreturn, rounds) = infer_noreturn(&graph, insns, tables);
     graph.noreturn = noreturn;
     graph.noreturn_rounds = rounds;
     graph
@@ -377,9 +388,8 @@ type FuncScan = (Vec<Edge>, Vec<(InsnId, Box<[InsnId]>)>);
 
 fn scan_function(
     graph: &Graph<'_>,
-    image: &Image<'_>,
+    data: Option<(&Image<'_>, &TableRelocs)>,
     insns: &Insns,
-    relocs: &TableRelocs,
     f: FuncId,
 ) -> FuncScan {
     let func = graph.func(f);
@@ -411,6 +421,9 @@ fn scan_function(
                 });
             }
             Kind::JumpIndirect => {
+                let Some((image, relocs)) = data else {
+                    continue;
+                };
                 if let Some(t) = switch_table(graph, image, insns, relocs, f, id) {
                     tables.push((id, t));
                 }
@@ -472,21 +485,90 @@ fn switch_table(
     (!out.is_empty()).then(|| out.into_boxed_slice())
 }
 
-fn branch_targets(insns: &Insns, tables: &HashMap<InsnId, Box<[InsnId]>>) -> Vec<u64> {
+/// Every instruction where two paths can meet: branch and call targets, switch-table cases,
+/// and the places the kernel's tables lead to.
+fn branch_targets(
+    insns: &Insns,
+    switches: &HashMap<InsnId, Box<[InsnId]>>,
+    tables: &Tables,
+) -> Vec<u64> {
     let hits: Vec<InsnId> = insns
         .list
         .par_iter()
         .filter(|i| i.is_branch())
         .filter_map(|i| insns.at(i.target))
         .collect();
+    let kernel = tables
+        .jump_labels
+        .iter()
+        .flat_map(|(&site, &t)| [t, site + 1])
+        .chain(tables.ex_fixups.values().flatten().copied())
+        .chain(
+            tables
+                .alts
+                .values()
+                .flatten()
+                .flat_map(|a| a.repl.into_iter().chain([a.orig_end])),
+        );
     let mut bits = vec![0u64; insns.len().div_ceil(64)];
     for id in hits
         .into_iter()
-        .chain(tables.values().flat_map(|t| t.iter().copied()))
+        .chain(switches.values().flat_map(|t| t.iter().copied()))
+        .chain(kernel)
     {
-        bits[id as usize / 64] |= 1 << (id % 64);
+        if (id as usize) < insns.len() {
+            bits[id as usize / 64] |= 1 << (id % 64);
+        }
     }
     bits
+}
+
+/// The extra paths the kernel's tables open at instruction `id`, reached with the state
+/// before it executes: a static branch's other way, an exception fixup, an alternative's
+/// replacement (or, for an empty one, the end of the original).
+pub fn table_paths(
+    insns: &Insns,
+    graph: &Graph<'_>,
+    tables: &Tables,
+    home: Option<FuncId>,
+    id: InsnId,
+    out: &mut Vec<Dest>,
+) {
+    let flags = tables.flags(id);
+    if flags & (kernel::JUMP_LABEL | kernel::EX_FAULT | kernel::ALT_START) == 0 {
+        return;
+    }
+    // Table destinations are followed, never taken as tail calls.
+    let into = |t: InsnId| match graph.resolve(insns, home, insns.get(t).addr) {
+        Dest::Entry(g) => Dest::Into(g, t),
+        d => d,
+    };
+    if flags & kernel::JUMP_LABEL != 0 {
+        out.push(into(tables.jump_labels[&id]));
+        if insns.get(id).kind == Kind::Jump && (id as usize + 1) < insns.len() {
+            out.push(into(id + 1));
+        }
+    }
+    if flags & kernel::EX_FAULT != 0 {
+        out.extend(tables.ex_fixups[&id].iter().map(|&f| into(f)));
+    }
+    if flags & kernel::ALT_START != 0 {
+        for alt in &tables.alts[&id] {
+            out.push(match alt.repl {
+                Some(r) => into(r),
+                None => into(alt.orig_end),
+            });
+        }
+    }
+}
+
+/// Where execution continues after falling off the end of `id`, if that is not simply the
+/// next instruction: the end of an alternative's replacement returns to its original code.
+pub fn alt_exit(insns: &Insns, tables: &Tables, id: InsnId) -> Option<InsnId> {
+    if tables.alt_exits.is_empty() {
+        return None;
+    }
+    tables.alt_exits.get(&insns.get(id).end()).copied()
 }
 
 /// What one instruction does to control flow, seen from the function being walked.
@@ -513,7 +595,13 @@ pub enum Step {
     Invalid,
 }
 
-pub fn step(insns: &Insns, graph: &Graph<'_>, home: Option<FuncId>, id: InsnId) -> Step {
+pub fn step(
+    insns: &Insns,
+    graph: &Graph<'_>,
+    tables: &Tables,
+    home: Option<FuncId>,
+    id: InsnId,
+) -> Step {
     let insn = insns.get(id);
     match insn.kind {
         Kind::Jump => Step::Goto(graph.resolve(insns, home, insn.target)),
@@ -523,6 +611,8 @@ pub fn step(insns: &Insns, graph: &Graph<'_>, home: Option<FuncId>, id: InsnId) 
         Kind::JumpIndirect if graph.tables.contains_key(&id) => Step::Table,
         Kind::JumpIndirect => Step::Dynamic,
         Kind::Return => Step::Return,
+        // A ud2 listed in __bug_table as a warning traps, reports and continues.
+        Kind::Ud2 if tables.flags(id) & kernel::WARN_UD2 != 0 => Step::Next,
         Kind::Ud2 | Kind::Int3 => Step::DeadEnd,
         Kind::ContextSwitch => Step::ContextSwitch,
         Kind::Invalid => Step::Invalid,
@@ -536,7 +626,7 @@ pub fn step(insns: &Insns, graph: &Graph<'_>, home: Option<FuncId>, id: InsnId) 
 /// entry reaches a return, a tail call to a returning function, or something we cannot
 /// follow". Unknown control flow counts as returning, so a mistake can only make a function
 /// look returning (more checking), never noreturn (hiding paths).
-fn infer_noreturn(graph: &Graph<'_>, insns: &Insns) -> (Vec<bool>, u32) {
+fn infer_noreturn(graph: &Graph<'_>, insns: &Insns, tables: &Tables) -> (Vec<bool>, u32) {
     let n = graph.funcs.len();
     let returns: Vec<AtomicBool> = graph
         .funcs
@@ -553,7 +643,7 @@ fn infer_noreturn(graph: &Graph<'_>, insns: &Insns) -> (Vec<bool>, u32) {
         let results: Vec<(FuncId, bool, Vec<FuncId>)> = pending
             .par_iter()
             .map(|&f| {
-                let (r, blockers) = may_return(graph, insns, &returns, f);
+                let (r, blockers) = may_return(graph, insns, tables, &returns, f);
                 if r {
                     returns[f as usize].store(true, Ordering::Relaxed);
                 }
@@ -594,6 +684,7 @@ fn infer_noreturn(graph: &Graph<'_>, insns: &Insns) -> (Vec<bool>, u32) {
 fn may_return(
     graph: &Graph<'_>,
     insns: &Insns,
+    tables: &Tables,
     returns: &[AtomicBool],
     f: FuncId,
 ) -> (bool, Vec<FuncId>) {
@@ -605,7 +696,8 @@ fn may_return(
     let mut blockers = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let mut work = vec![(entry, Some(f))];
-    while let Some((mut id, home)) = work.pop() {
+    let mut extra = Vec::new();
+    while let Some((mut id, mut home)) = work.pop() {
         loop {
             if !seen.insert(id) {
                 break;
@@ -621,7 +713,14 @@ fn may_return(
                 }
                 None
             };
-            match step(insns, graph, home, id) {
+            extra.clear();
+            table_paths(insns, graph, tables, home, id, &mut extra);
+            for &d in &extra {
+                if go(d, &mut work) == Some(true) {
+                    return (true, blockers);
+                }
+            }
+            match step(insns, graph, tables, home, id) {
                 Step::Next | Step::CallIndirect => {}
                 Step::Branch(d) => {
                     if go(d, &mut work) == Some(true) {
@@ -652,6 +751,11 @@ fn may_return(
             }
             // Fall through to the next instruction; leaving the function's code that way is
             // something we cannot follow meaningfully, so it counts as returning.
+            if let Some(back) = alt_exit(insns, tables, id) {
+                id = back;
+                home = graph.func_at(insns.get(back).addr).map(|g| graph.home(g));
+                continue;
+            }
             let next = id + 1;
             if next as usize >= insns.len() || insns.get(next).addr != insns.get(id).end() {
                 return (true, blockers);
@@ -668,6 +772,53 @@ fn may_return(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::decode_into;
+
+    const BASE: u64 = 0xffff_ffff_8100_0000;
+
+    /// Lays out functions back to back from machine code; returns the graph's inputs.
+    fn layout(parts: &[(&'static str, &[u8])]) -> (Vec<Func<'static>>, Insns) {
+        let mut list = Vec::new();
+        let mut funcs = Vec::new();
+        let mut addr = BASE;
+        for &(name, code) in parts {
+            let first = list.len() as InsnId;
+            decode_into(addr, code, &mut list);
+            funcs.push(Func {
+                name,
+                addr,
+                size: code.len() as u64,
+                section: 0,
+                first,
+                end: list.len() as InsnId,
+                parent: None,
+                skip: None,
+            });
+            addr += code.len() as u64;
+        }
+        let bytes = addr - BASE;
+        (funcs, Insns { list, bytes })
+    }
+
+    fn rel32(from_end: u64, to: u64) -> [u8; 4] {
+        (to.wrapping_sub(from_end) as i32).to_le_bytes()
+    }
+
+    fn call(at: u64, to: u64) -> Vec<u8> {
+        let mut v = vec![0xe8];
+        v.extend(rel32(at + 5, to));
+        v
+    }
+
+    fn jmp(at: u64, to: u64) -> Vec<u8> {
+        let mut v = vec![0xe9];
+        v.extend(rel32(at + 5, to));
+        v
+    }
+
+    fn by_name(g: &Graph<'_>, name: &str) -> FuncId {
+        g.funcs.iter().position(|f| f.name == name).unwrap() as FuncId
+    }
 
     #[test]
     fn cold_names() {
@@ -675,5 +826,99 @@ mod tests {
         assert_eq!(cold_parent_name("foo.part.0.cold.12"), Some("foo.part.0"));
         assert_eq!(cold_parent_name("foo.coldish"), None);
         assert_eq!(cold_parent_name("foo"), None);
+    }
+
+    #[test]
+    fn resolves_targets_against_the_whole_image() {
+        // a: push %rbx; jmp b+1 (middle of b) ; b: nop; pop %rbx; ret ; c: jmp a (entry)
+        let a = BASE;
+        let b = a + 6;
+        let c = b + 3;
+        let mut code_a = vec![0x53];
+        code_a.extend(jmp(a + 1, b + 1));
+        let code_b = vec![0x90, 0x5b, 0xc3];
+        let code_c = jmp(c, a);
+        let (funcs, insns) = layout(&[("a", &code_a), ("b", &code_b), ("c", &code_c)]);
+        let g = from_funcs(funcs, None, &insns, &Tables::default());
+        let (fa, fb, fc) = (by_name(&g, "a"), by_name(&g, "b"), by_name(&g, "c"));
+        assert_eq!(
+            g.resolve(&insns, Some(fa), b + 1),
+            Dest::Into(fb, insns.at(b + 1).unwrap())
+        );
+        assert_eq!(g.resolve(&insns, Some(fc), a), Dest::Entry(fa));
+        assert_eq!(
+            g.resolve(&insns, Some(fb), b + 2),
+            Dest::Local(insns.at(b + 2).unwrap())
+        );
+        assert_eq!(
+            g.resolve(&insns, Some(fa), a + 3),
+            Dest::Nowhere,
+            "inside an instruction"
+        );
+        assert_eq!(
+            g.resolve(&insns, Some(fa), c + 100),
+            Dest::Nowhere,
+            "outside the image"
+        );
+        let kinds: Vec<_> = g.edges_from(fa).iter().map(|e| (e.to, e.kind)).collect();
+        assert_eq!(kinds, vec![(fb, EdgeKind::CrossJump)]);
+        assert_eq!(
+            g.edges_to(fa)
+                .iter()
+                .map(|e| (e.from, e.kind))
+                .collect::<Vec<_>>(),
+            vec![(fc, EdgeKind::Sibling)]
+        );
+    }
+
+    #[test]
+    fn noreturn_is_inferred_through_tail_calls_and_call_chains() {
+        // spin: hlt; jmp spin               never returns
+        // wrapper: jmp spin                 tail call to a noreturn function
+        // chain: call wrapper               last instruction calls a noreturn function
+        // maybe: test; jz 1f; ret; 1: call chain    returns on one path
+        // loop_ret: call loop_ret; ret      recursion only: never returns
+        let spin = BASE;
+        let code_spin = vec![0xf4, 0xeb, 0xfd];
+        let wrapper = spin + 3;
+        let code_wrapper = jmp(wrapper, spin);
+        let chain = wrapper + 5;
+        let code_chain = call(chain, wrapper);
+        let maybe = chain + 5;
+        let mut code_maybe = vec![0x48, 0x85, 0xff, 0x74, 0x01, 0xc3];
+        code_maybe.extend(call(maybe + 6, chain));
+        let rec = maybe + 11;
+        let mut code_rec = call(rec, rec);
+        code_rec.push(0xc3);
+        let (funcs, insns) = layout(&[
+            ("spin", &code_spin),
+            ("wrapper", &code_wrapper),
+            ("chain", &code_chain),
+            ("maybe", &code_maybe),
+            ("rec", &code_rec),
+        ]);
+        let g = from_funcs(funcs, None, &insns, &Tables::default());
+        let noreturn = |n| g.noreturn[by_name(&g, n) as usize];
+        assert!(noreturn("spin"));
+        assert!(noreturn("wrapper"));
+        assert!(noreturn("chain"));
+        assert!(!noreturn("maybe"));
+        assert!(
+            noreturn("rec"),
+            "only returns after a call to itself, which never returns"
+        );
+    }
+
+    #[test]
+    fn unknown_control_flow_counts_as_returning() {
+        // ind: jmp *%rax (a tail call through a pointer: may return)
+        // bad: jmp to a non-instruction
+        let ind = BASE;
+        let code_ind = vec![0xff, 0xe0];
+        let bad = ind + 2;
+        let code_bad = jmp(bad, bad + 2);
+        let (funcs, insns) = layout(&[("ind", &code_ind), ("bad", &code_bad)]);
+        let g = from_funcs(funcs, None, &insns, &Tables::default());
+        assert!(!g.noreturn[0] && !g.noreturn[1]);
     }
 }

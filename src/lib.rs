@@ -4,9 +4,11 @@
 //!
 //! 1. [`image`]: memory-map the vmlinux, read sections, symbols, relocations;
 //! 2. [`decode`]: decode every executable byte once into compact instructions;
-//! 3. [`graph`]: functions, `.cold` parts, the global call graph, switch tables, noreturn;
-//! 4. [`check`]: walk every function's paths with the stack state, apply the rules;
-//! 5. [`report`]: locate, sort and print the findings.
+//! 3. [`kernel`]: the kernel's tables: static branches, exception fixups, alternatives,
+//!    bug entries, ORC;
+//! 4. [`graph`]: functions, `.cold` parts, the global call graph, switch tables, noreturn;
+//! 5. [`check`]: walk every function's paths with the stack state, apply the rules;
+//! 6. [`report`]: locate, sort and print the findings.
 //!
 //! [`check_image`] runs them in that order; the command-line tool, the tests and the
 //! benchmarks all call it.
@@ -15,6 +17,7 @@ pub mod check;
 pub mod decode;
 pub mod graph;
 pub mod image;
+pub mod kernel;
 pub mod report;
 
 use std::fs::File;
@@ -112,7 +115,10 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
     let insns = decode::decode_image(&image);
     timer.phase("decode");
 
-    let graph = graph::build(&image, &insns);
+    let tables = kernel::read(&image, &insns);
+    timer.phase("tables");
+
+    let graph = graph::build(&image, &insns, &tables);
     timer.phase("graph");
 
     let orc = image.section_by_name(".orc_unwind").is_some();
@@ -131,6 +137,7 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
     let outcome = check::run(
         &insns,
         &graph,
+        &tables,
         check::Config { frame_pointer },
         progress.as_ref(),
     );
@@ -179,7 +186,8 @@ pub fn describe_function(path: &Path, name: &str) -> Result<Option<String>, Inpu
     let map = map_file(path)?;
     let image = Image::parse(path, &map)?;
     let insns = decode::decode_image(&image);
-    let graph = graph::build(&image, &insns);
+    let tables = kernel::read(&image, &insns);
+    let graph = graph::build(&image, &insns, &tables);
     let Some(sym) = image
         .symbols
         .iter()

@@ -24,7 +24,8 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 
 use crate::decode::{InsnId, Insns, Kind};
-use crate::graph::{step, Dest, FuncId, Graph, Step};
+use crate::graph::{alt_exit, step, table_paths, Dest, FuncId, Graph, Step};
+use crate::kernel::Tables;
 use crate::report::{Finding, FindingKind};
 use state::{Cfi, StackError};
 
@@ -43,6 +44,7 @@ pub struct Outcome {
 struct Ctx<'a, 'data> {
     insns: &'a Insns,
     graph: &'a Graph<'data>,
+    tables: &'a Tables,
     cfg: Config,
     /// Instructions outside any function that some walk reached.
     code_seen: Vec<AtomicU64>,
@@ -51,12 +53,14 @@ struct Ctx<'a, 'data> {
 pub fn run(
     insns: &Insns,
     graph: &Graph<'_>,
+    tables: &Tables,
     cfg: Config,
     progress: Option<&ProgressBar>,
 ) -> Outcome {
     let ctx = Ctx {
         insns,
         graph,
+        tables,
         cfg,
         code_seen: (0..insns.len().div_ceil(64))
             .map(|_| AtomicU64::new(0))
@@ -118,6 +122,7 @@ struct Walk<'c, 'a, 'data> {
     /// States at branch targets, where paths can meet.
     states: HashMap<InsnId, Cfi>,
     work: Vec<Pending>,
+    extra: Vec<Dest>,
     visited: u64,
 }
 
@@ -134,6 +139,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             other: HashMap::new(),
             states: HashMap::new(),
             work: Vec::new(),
+            extra: Vec::new(),
             visited: 0,
         }
     }
@@ -173,7 +179,12 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         true
     }
 
-    fn path(&mut self, mut id: InsnId, home: Option<FuncId>, mut state: Cfi) -> Result<(), Stop> {
+    fn path(
+        &mut self,
+        mut id: InsnId,
+        mut home: Option<FuncId>,
+        mut state: Cfi,
+    ) -> Result<(), Stop> {
         let ctx = self.ctx;
         let insns = ctx.insns;
         let fp = ctx.cfg.frame_pointer;
@@ -203,7 +214,14 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             if home.is_none() {
                 ctx.code_seen[id as usize / 64].fetch_or(1 << (id % 64), Ordering::Relaxed);
             }
-            let step = step(insns, ctx.graph, home, id);
+            // Paths the kernel's tables add, with the state before this instruction.
+            self.extra.clear();
+            table_paths(insns, ctx.graph, ctx.tables, home, id, &mut self.extra);
+            for i in 0..self.extra.len() {
+                let d = self.extra[i];
+                self.follow(d, home, insn.addr, state)?;
+            }
+            let step = step(insns, ctx.graph, ctx.tables, home, id);
             if fp && matches!(step, Step::Call(_) | Step::CallIndirect) && !state.has_frame() {
                 return Err(Stop(Finding::new(FindingKind::CallWithoutFrame, insn.addr)));
             }
@@ -274,6 +292,14 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 }
             }
             // Fall through.
+            if let Some(back) = alt_exit(insns, ctx.tables, id) {
+                id = back;
+                home = ctx
+                    .graph
+                    .func_at(insns.get(back).addr)
+                    .map(|g| ctx.graph.home(g));
+                continue;
+            }
             let next = id + 1;
             if next as usize >= insns.len() || insns.get(next).addr != insn.end() {
                 return Err(Stop(Finding::new(FindingKind::EndOfSection, insn.addr)));

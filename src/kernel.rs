@@ -1,0 +1,368 @@
+//! The kernel's own tables of alternative control flow, read from the image's bytes.
+//!
+//! objtool learns where code can go beyond its branches from the tables the kernel patches
+//! at run time; in a final image those tables are still there:
+//!
+//! - `__jump_table` (static branches): a nop that may become a jump, or the reverse;
+//! - `__ex_table`: an instruction that may fault and continue at a fixup;
+//! - `.altinstructions`: instructions that may be replaced by code in `.altinstr_replacement`;
+//! - `__bug_table`: a `ud2` that is a WARN() and continues, rather than a BUG() that does not;
+//! - `.orc_unwind_ip` / `.orc_unwind`: the unwind table itself, for verification.
+//!
+//! All entries are self-relative 32-bit offsets, so they are read from the section bytes and
+//! never from relocations: `sorttable` re-sorts `__ex_table` and the ORC tables after the link,
+//! which leaves their relocations stale. Layouts that changed between kernel versions are
+//! recognised from the image itself (section sizes, the `.orc_header` section) and checked
+//! entry by entry; each layout cites the kernel header it mirrors.
+
+use std::collections::HashMap;
+
+use crate::decode::{InsnId, Insns, Kind};
+use crate::image::Image;
+
+/// Per-instruction flags.
+pub const JUMP_LABEL: u8 = 1;
+pub const EX_FAULT: u8 = 2;
+pub const ALT_START: u8 = 4;
+pub const WARN_UD2: u8 = 8;
+
+/// One alternative for the instructions `orig..orig_end`.
+#[derive(Clone, Copy, Debug)]
+pub struct Alt {
+    /// First replacement instruction; `None` for an empty replacement (the original becomes nops).
+    pub repl: Option<InsnId>,
+    /// Where execution continues after the original instructions.
+    pub orig_end: InsnId,
+}
+
+/// One ORC entry, decoded (see arch/x86/include/asm/orc_types.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrcEntry {
+    pub sp_offset: i16,
+    pub bp_offset: i16,
+    pub sp_reg: u8,
+    pub bp_reg: u8,
+    pub kind: OrcType,
+    pub signal: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OrcType {
+    Undefined,
+    EndOfStack,
+    Call,
+    Regs,
+    RegsPartial,
+}
+
+pub mod orc_reg {
+    pub const UNDEFINED: u8 = 0;
+    pub const PREV_SP: u8 = 1;
+    pub const DX: u8 = 2;
+    pub const DI: u8 = 3;
+    pub const BP: u8 = 4;
+    pub const SP: u8 = 5;
+    pub const R10: u8 = 6;
+    pub const R13: u8 = 7;
+    pub const BP_INDIRECT: u8 = 8;
+    pub const SP_INDIRECT: u8 = 9;
+}
+
+/// The image's ORC table, sorted by address.
+pub struct Orc {
+    pub ips: Vec<u64>,
+    pub entries: Vec<OrcEntry>,
+    /// "v3" (Linux 6.4+: type:3, signal:1) or "v2" (type:2, end:1).
+    pub layout: &'static str,
+}
+
+impl Orc {
+    /// The entry that covers `addr`: the last one at or before it.
+    pub fn lookup(&self, addr: u64) -> Option<(u64, &OrcEntry)> {
+        let i = self.ips.partition_point(|&ip| ip <= addr);
+        (i > 0).then(|| (self.ips[i - 1], &self.entries[i - 1]))
+    }
+}
+
+#[derive(Default)]
+pub struct Tables {
+    /// Flags per instruction, indexed by `InsnId`.
+    pub flags: Vec<u8>,
+    pub jump_labels: HashMap<InsnId, InsnId>,
+    pub ex_fixups: HashMap<InsnId, Vec<InsnId>>,
+    pub alts: HashMap<InsnId, Vec<Alt>>,
+    /// End address of each replacement -> where its original continues.
+    pub alt_exits: HashMap<u64, InsnId>,
+    pub orc: Option<Orc>,
+    pub summary: Vec<String>,
+}
+
+impl Tables {
+    pub fn flags(&self, id: InsnId) -> u8 {
+        self.flags.get(id as usize).copied().unwrap_or(0)
+    }
+}
+
+fn s32(b: &[u8], off: usize) -> i64 {
+    i32::from_le_bytes(b[off..off + 4].try_into().unwrap()) as i64
+}
+
+fn rel(base: u64, off: i64) -> u64 {
+    base.wrapping_add(off as u64)
+}
+
+pub fn read(image: &Image<'_>, insns: &Insns) -> Tables {
+    let mut t = Tables {
+        flags: vec![0; insns.len()],
+        ..Default::default()
+    };
+    jump_table(image, insns, &mut t);
+    ex_table(image, insns, &mut t);
+    alternatives(image, insns, &mut t);
+    bug_table(image, insns, &mut t);
+    t.orc = orc(image);
+    if let Some(o) = &t.orc {
+        t.summary
+            .push(format!("orc: {} entries ({})", o.ips.len(), o.layout));
+    }
+    t
+}
+
+/// `struct jump_entry { s32 code; s32 target; long key; }` (include/linux/jump_label.h).
+fn jump_table(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
+    let Some((base, bytes)) = image.table("__jump_table") else {
+        return;
+    };
+    let (mut ok, mut bad) = (0, 0);
+    for (i, e) in bytes.chunks_exact(16).enumerate() {
+        let at = base + 16 * i as u64;
+        let code = rel(at, s32(e, 0));
+        let target = rel(at + 4, s32(e, 4));
+        match (insns.at(code), insns.at(target)) {
+            (Some(c), Some(d)) if matches!(insns.get(c).kind, Kind::Nop | Kind::Jump) => {
+                t.flags[c as usize] |= JUMP_LABEL;
+                t.jump_labels.insert(c, d);
+                ok += 1;
+            }
+            _ => bad += 1,
+        }
+    }
+    t.summary
+        .push(format!("jump labels: {ok} ({bad} unresolved)"));
+}
+
+/// `struct exception_table_entry { int insn, fixup, data; }` (arch/x86/include/asm/extable.h).
+fn ex_table(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
+    let Some((base, bytes)) = image.table("__ex_table") else {
+        return;
+    };
+    let (mut ok, mut bad) = (0, 0);
+    for (i, e) in bytes.chunks_exact(12).enumerate() {
+        let at = base + 12 * i as u64;
+        let insn = rel(at, s32(e, 0));
+        let fixup = rel(at + 4, s32(e, 4));
+        match (insns.at(insn), insns.at(fixup)) {
+            (Some(a), Some(f)) => {
+                t.flags[a as usize] |= EX_FAULT;
+                t.ex_fixups.entry(a).or_default().push(f);
+                ok += 1;
+            }
+            _ => bad += 1,
+        }
+    }
+    t.summary
+        .push(format!("exception fixups: {ok} ({bad} unresolved)"));
+}
+
+/// `struct alt_instr` (arch/x86/include/asm/alternative.h): `s32 instr_offset; s32 repl_offset;`
+/// then `u16 cpuid; u8 instrlen; u8 replacementlen;` (12 bytes, up to Linux 6.2) or
+/// `u32 ft_flags; u8 instrlen; u8 replacementlen;` (14 bytes, Linux 6.3+).
+fn alternatives(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
+    let Some((base, bytes)) = image
+        .table("altinstructions")
+        .or_else(|| image.table(".altinstructions"))
+    else {
+        return;
+    };
+    let parse = |stride: usize| -> Option<Vec<(u64, u64, u8, u8)>> {
+        if bytes.is_empty() || bytes.len() % stride != 0 {
+            return None;
+        }
+        let mut out = Vec::with_capacity(bytes.len() / stride);
+        for (i, e) in bytes.chunks_exact(stride).enumerate() {
+            let at = base + (stride * i) as u64;
+            let orig = rel(at, s32(e, 0));
+            let repl = rel(at + 4, s32(e, 4));
+            let (ilen, rlen) = (e[stride - 2], e[stride - 1]);
+            // Every original must be code, and every replacement must lie in executable bytes.
+            let code = |a: u64| image.section_at(a).is_some_and(|s| s.exec);
+            if !code(orig) || (rlen > 0 && !code(repl)) {
+                return None;
+            }
+            out.push((orig, repl, ilen, rlen));
+        }
+        Some(out)
+    };
+    let (layout, entries) = match (parse(14), parse(12)) {
+        (Some(e), None) => ("14-byte alt_instr", e),
+        (None, Some(e)) => ("12-byte alt_instr", e),
+        (Some(e14), Some(e12)) => {
+            // Both strides fit: the kernel version decides (ft_flags arrived in 6.3).
+            if kernel_at_least(image, 6, 3) {
+                ("14-byte alt_instr", e14)
+            } else {
+                ("12-byte alt_instr", e12)
+            }
+        }
+        (None, None) => {
+            t.summary
+                .push("alternatives: unrecognised .altinstructions layout".into());
+            return;
+        }
+    };
+    let (mut ok, mut bad) = (0, 0);
+    for (orig, repl, ilen, rlen) in entries {
+        let (Some(o), Some(end)) = (insns.at(orig), insns.at(orig + ilen as u64)) else {
+            bad += 1;
+            continue;
+        };
+        let repl_id = if rlen == 0 {
+            None
+        } else if let Some(r) = insns.at(repl) {
+            t.alt_exits.insert(repl + rlen as u64, end);
+            Some(r)
+        } else {
+            bad += 1;
+            continue;
+        };
+        t.flags[o as usize] |= ALT_START;
+        t.alts.entry(o).or_default().push(Alt {
+            repl: repl_id,
+            orig_end: end,
+        });
+        ok += 1;
+    }
+    t.summary
+        .push(format!("alternatives: {ok} ({bad} unresolved, {layout})"));
+}
+
+/// `struct bug_entry` (include/asm-generic/bug.h) with relative pointers:
+/// `s32 bug_addr_disp; [s32 file_disp; u16 line;] u16 flags;`: 12 bytes with
+/// CONFIG_DEBUG_BUGVERBOSE, 8 without. BUGFLAG_WARNING is bit 0.
+fn bug_table(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
+    let Some((base, bytes)) = image.table("__bug_table") else {
+        return;
+    };
+    // Pick the stride under which the entries point at ud2 instructions.
+    let score = |stride: usize| {
+        if bytes.len() % stride != 0 {
+            return 0;
+        }
+        bytes
+            .chunks_exact(stride)
+            .enumerate()
+            .take(64)
+            .filter(|(i, e)| {
+                let addr = rel(base + (stride * i) as u64, s32(e, 0));
+                insns
+                    .at(addr)
+                    .is_some_and(|id| insns.get(id).kind == Kind::Ud2)
+            })
+            .count()
+    };
+    let stride = if score(12) >= score(8) { 12 } else { 8 };
+    let (mut warn, mut bug, mut bad) = (0, 0, 0);
+    for (i, e) in bytes.chunks_exact(stride).enumerate() {
+        let addr = rel(base + (stride * i) as u64, s32(e, 0));
+        let flags = u16::from_le_bytes([e[stride - 2], e[stride - 1]]);
+        match insns.at(addr) {
+            Some(id) if insns.get(id).kind == Kind::Ud2 => {
+                if flags & 1 != 0 {
+                    t.flags[id as usize] |= WARN_UD2;
+                    warn += 1;
+                } else {
+                    bug += 1;
+                }
+            }
+            _ => bad += 1,
+        }
+    }
+    t.summary.push(format!(
+        "bug table: {warn} warnings, {bug} bugs ({bad} unresolved)"
+    ));
+}
+
+/// `.orc_unwind_ip` (s32 self-relative addresses) and `.orc_unwind` (6-byte `struct orc_entry`:
+/// `s16 sp_offset; s16 bp_offset;` then `sp_reg:4, bp_reg:4, type:2, end:1` before Linux 6.4, or
+/// `sp_reg:4, bp_reg:4, type:3, signal:1` from 6.4, which also added `.orc_header`).
+fn orc(image: &Image<'_>) -> Option<Orc> {
+    let (ip_base, ip_bytes) = image
+        .table("orc_unwind_ip")
+        .or_else(|| image.table(".orc_unwind_ip"))?;
+    let (_, entry_bytes) = image
+        .table("orc_unwind")
+        .or_else(|| image.table(".orc_unwind"))?;
+    let n = ip_bytes.len() / 4;
+    if n == 0 || entry_bytes.len() < n * 6 {
+        return None;
+    }
+    let v3 = image.section_by_name(".orc_header").is_some();
+    let mut pairs: Vec<(u64, OrcEntry)> = (0..n)
+        .map(|i| {
+            let ip = rel(ip_base + 4 * i as u64, s32(ip_bytes, 4 * i));
+            let e = &entry_bytes[6 * i..6 * i + 6];
+            let bits = u16::from_le_bytes([e[4], e[5]]);
+            let (sp_reg, bp_reg) = ((bits & 0xf) as u8, ((bits >> 4) & 0xf) as u8);
+            let (kind, signal) = if v3 {
+                let k = match (bits >> 8) & 7 {
+                    0 => OrcType::Undefined,
+                    1 => OrcType::EndOfStack,
+                    2 => OrcType::Call,
+                    3 => OrcType::Regs,
+                    _ => OrcType::RegsPartial,
+                };
+                (k, bits >> 11 & 1 != 0)
+            } else {
+                let k = match (bits >> 8) & 3 {
+                    0 => OrcType::Call,
+                    1 => OrcType::Regs,
+                    _ => OrcType::RegsPartial,
+                };
+                // Before 6.4 an undefined entry is a CALL entry with sp_reg UNDEFINED, and
+                // `end` marks the end of the stack.
+                let k = match (k, sp_reg, bits >> 10 & 1 != 0) {
+                    (_, _, true) => OrcType::EndOfStack,
+                    (OrcType::Call, orc_reg::UNDEFINED, _) => OrcType::Undefined,
+                    (k, _, _) => k,
+                };
+                (k, matches!(k, OrcType::Regs | OrcType::RegsPartial))
+            };
+            let entry = OrcEntry {
+                sp_offset: i16::from_le_bytes([e[0], e[1]]),
+                bp_offset: i16::from_le_bytes([e[2], e[3]]),
+                sp_reg,
+                bp_reg,
+                kind,
+                signal,
+            };
+            (ip, entry)
+        })
+        .collect();
+    pairs.sort_by_key(|p| p.0);
+    Some(Orc {
+        ips: pairs.iter().map(|p| p.0).collect(),
+        entries: pairs.into_iter().map(|p| p.1).collect(),
+        layout: if v3 { "v3" } else { "v2" },
+    })
+}
+
+fn kernel_at_least(image: &Image<'_>, major: u32, minor: u32) -> bool {
+    let Some(rel) = image.kernel_release() else {
+        return true;
+    };
+    let mut it = rel
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let (ma, mi) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (ma, mi) >= (major, minor)
+}
