@@ -69,6 +69,10 @@ pub enum OpKind {
     Leave,
     /// `enter $imm, $0`.
     Enter,
+    /// `mov mem, %rsp`: a switch to another stack laid out like this one (`__switch_to_asm`).
+    LoadSp,
+    /// `add/sub %reg, %rsp`: a variable-sized allocation.
+    AddSpReg,
     /// Any other write to rsp.
     UnknownSp,
 }
@@ -440,7 +444,7 @@ fn stack_op(ins: &Instruction) -> StackOp {
                 let v = if m == Mnemonic::Sub { -v } else { v };
                 return StackOp::new(K::AddSp, none, none, v);
             }
-            StackOp::new(K::UnknownSp, none, none, 0)
+            StackOp::new(K::AddSpReg, none, none, 0)
         }
         Mnemonic::And if writes_sp => {
             if is_imm(ins.op1_kind()) {
@@ -475,8 +479,24 @@ fn stack_op(ins: &Instruction) -> StackOp {
                 }
                 return StackOp::NONE;
             }
+            if writes_sp && ins.op1_kind() == IcedOp::Memory {
+                return StackOp::new(K::LoadSp, none, none, 0);
+            }
             if writes_sp {
                 return StackOp::new(K::UnknownSp, none, none, 0);
+            }
+            // `mov %rsp, disp(%reg)`: the top of a new stack gets the old rsp (a swizzle).
+            if op1_reg == Register::RSP
+                && ins.op0_kind() == IcedOp::Memory
+                && ins.memory_index() == Register::None
+                && is_gpr64(ins.memory_base())
+            {
+                return StackOp::new(
+                    K::Store,
+                    reg::SP,
+                    gpr(ins.memory_base()).unwrap(),
+                    ins.memory_displacement64() as i64,
+                );
             }
             // Register saves and restores through rsp- or rbp-based slots.
             let frame_mem = |ins: &Instruction| {
@@ -612,8 +632,14 @@ mod tests {
             (OpKind::Store, reg::BX, reg::SP, 8)
         );
         assert_eq!(op(&[0x48, 0x89, 0xc4]).kind, OpKind::MovToSp); // mov %rax,%rsp
-        assert_eq!(op(&[0x48, 0x8b, 0x20]).kind, OpKind::UnknownSp); // mov (%rax),%rsp
-        assert_eq!(op(&[0x48, 0x01, 0xc4]).kind, OpKind::UnknownSp); // add %rax,%rsp
+        assert_eq!(op(&[0x48, 0x8b, 0x20]).kind, OpKind::LoadSp); // mov (%rax),%rsp
+        assert_eq!(op(&[0x48, 0x01, 0xc4]).kind, OpKind::AddSpReg); // add %rax,%rsp
+        assert_eq!(op(&[0x48, 0x94]).kind, OpKind::UnknownSp); // xchg %rax,%rsp
+        let swz = op(&[0x49, 0x89, 0x23]); // mov %rsp,(%r11)
+        assert_eq!(
+            (swz.kind, swz.reg, swz.base, swz.imm),
+            (OpKind::Store, reg::SP, 11, 0)
+        );
         assert_eq!(op(&[0x48, 0x39, 0xc4]).kind, OpKind::None); // cmp %rax,%rsp
     }
 

@@ -392,9 +392,19 @@ impl Cfi {
                     self.restore(r);
                 }
             }
-            OpKind::UnknownSp => {
+            // Like objtool: a stack switch keeps the frame layout; the new stack is the same
+            // kind of frame (a task's, or an IRQ stack's, switched to at the same point).
+            OpKind::LoadSp => {}
+            // rsp moved by an unknown amount only matters while the CFA is found from rsp;
+            // with a frame pointer or DRAP the CFA does not move, and the epilogue restores rsp
+            // from it.
+            OpKind::AddSpReg if self.cfa.base == reg::SP => {
+                return Err(StackError::SpModification);
+            }
+            OpKind::UnknownSp if self.cfa.base == reg::SP => {
                 return Err(StackError::UnknownInsn);
             }
+            OpKind::AddSpReg | OpKind::UnknownSp => {}
         }
         Ok(())
     }
