@@ -108,9 +108,26 @@ fn returns_outside_functions(ctx: &Ctx<'_, '_>) -> Vec<Finding> {
     out
 }
 
+/// Where a pending path picks up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Arrive at the instruction: merge states, then take the kernel tables' paths first.
+    Enter,
+    /// The tables' paths were taken; now execute the instruction itself.
+    Execute,
+    /// The instruction was executed; fall through to the next one.
+    FallFrom,
+}
+
 /// A path to continue: an instruction, the function whose code it is in (`None` outside
-/// functions), and the state on entry to it.
-type Pending = (InsnId, Option<FuncId>, Cfi);
+/// functions), the state there, and where to pick up.
+#[derive(Clone, Copy)]
+struct Pending {
+    id: InsnId,
+    home: Option<FuncId>,
+    state: Cfi,
+    mode: Mode,
+}
 
 struct Walk<'c, 'a, 'data> {
     ctx: &'c Ctx<'a, 'data>,
@@ -121,6 +138,10 @@ struct Walk<'c, 'a, 'data> {
     other: HashMap<InsnId, ()>,
     /// States at branch targets, where paths can meet.
     states: HashMap<InsnId, Cfi>,
+    /// Paths still to walk, last first. Pushing in the right order reproduces objtool's
+    /// depth-first order (table paths before the original instruction, a conditional
+    /// jump's target before its fall-through), so the first finding in a function is the
+    /// one objtool reports.
     work: Vec<Pending>,
     extra: Vec<Dest>,
     visited: u64,
@@ -152,9 +173,14 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 0,
             );
         };
-        self.work.push((entry, Some(self.f), Cfi::initial()));
-        while let Some((id, home, state)) = self.work.pop() {
-            if let Err(Stop(finding)) = self.path(id, home, state) {
+        self.work.push(Pending {
+            id: entry,
+            home: Some(self.f),
+            state: Cfi::initial(),
+            mode: Mode::Enter,
+        });
+        while let Some(p) = self.work.pop() {
+            if let Err(Stop(finding)) = self.path(p) {
                 return (vec![finding], self.visited);
             }
         }
@@ -179,47 +205,65 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         true
     }
 
-    fn path(
-        &mut self,
-        mut id: InsnId,
-        mut home: Option<FuncId>,
-        mut state: Cfi,
-    ) -> Result<(), Stop> {
+    /// Walks one straight-line stretch of a path, queueing the branches it meets.
+    fn path(&mut self, p: Pending) -> Result<(), Stop> {
         let ctx = self.ctx;
         let insns = ctx.insns;
         let fp = ctx.cfg.frame_pointer;
+        let Pending {
+            mut id,
+            mut home,
+            mut state,
+            mut mode,
+        } = p;
         loop {
+            if mode == Mode::FallFrom {
+                let (next, next_home) = self.fall_through(id, home)?;
+                (id, home, mode) = (next, next_home, Mode::Enter);
+            }
             let insn = *insns.get(id);
-            let first_visit = self.visit(id);
-            if ctx.graph.is_target(id) {
-                if let Some(prev) = self.states.get(&id) {
-                    if let Some(detail) = prev.mismatch(&state) {
-                        return Err(Stop(if fp && prev.frame_pointer_mismatch(&state) {
-                            Finding::new(FindingKind::FramePointerMismatch, insn.addr)
-                        } else {
-                            Finding::with(
-                                FindingKind::StackStateMismatch,
-                                insn.addr,
-                                format!("stack state mismatch: {detail}"),
-                            )
-                        }));
+            if mode == Mode::Enter {
+                let first_visit = self.visit(id);
+                if ctx.graph.is_target(id) {
+                    if let Some(prev) = self.states.get(&id) {
+                        if let Some(detail) = prev.mismatch(&state) {
+                            return Err(Stop(if fp && prev.frame_pointer_mismatch(&state) {
+                                Finding::new(FindingKind::FramePointerMismatch, insn.addr)
+                            } else {
+                                Finding::with(
+                                    FindingKind::StackStateMismatch,
+                                    insn.addr,
+                                    format!("stack state mismatch: {detail}"),
+                                )
+                            }));
+                        }
+                    } else {
+                        self.states.insert(id, state);
                     }
-                } else {
-                    self.states.insert(id, state);
                 }
-            }
-            if !first_visit {
-                return Ok(());
-            }
-            if home.is_none() {
-                ctx.code_seen[id as usize / 64].fetch_or(1 << (id % 64), Ordering::Relaxed);
-            }
-            // Paths the kernel's tables add, with the state before this instruction.
-            self.extra.clear();
-            table_paths(insns, ctx.graph, ctx.tables, home, id, &mut self.extra);
-            for i in 0..self.extra.len() {
-                let d = self.extra[i];
-                self.follow(d, home, insn.addr, state)?;
+                if !first_visit {
+                    return Ok(());
+                }
+                if home.is_none() {
+                    ctx.code_seen[id as usize / 64].fetch_or(1 << (id % 64), Ordering::Relaxed);
+                }
+                // Paths the kernel's tables add, walked first, with the state before this
+                // instruction; the instruction itself resumes afterwards.
+                self.extra.clear();
+                table_paths(insns, ctx.graph, ctx.tables, home, id, &mut self.extra);
+                if !self.extra.is_empty() {
+                    self.work.push(Pending {
+                        id,
+                        home,
+                        state,
+                        mode: Mode::Execute,
+                    });
+                    for i in (0..self.extra.len()).rev() {
+                        let d = self.extra[i];
+                        self.follow(d, home, insn.addr, state)?;
+                    }
+                    return Ok(());
+                }
             }
             let step = step(insns, ctx.graph, ctx.tables, home, id);
             if fp && matches!(step, Step::Call(_) | Step::CallIndirect) && !state.has_frame() {
@@ -261,15 +305,34 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                         .map_err(|_| {
                             Stop(Finding::new(FindingKind::UndefinedStackState, insn.addr))
                         })?;
-                    self.work.push((t, home, pushed));
+                    self.work.push(Pending {
+                        id: t,
+                        home,
+                        state: pushed,
+                        mode: Mode::Enter,
+                    });
                     return Ok(());
                 }
                 Step::Call(_) => {}
-                Step::Branch(d) => self.follow(d, home, insn.addr, state)?,
+                Step::Branch(d) => {
+                    // The jump's target first, then the fall-through.
+                    self.work.push(Pending {
+                        id,
+                        home,
+                        state,
+                        mode: Mode::FallFrom,
+                    });
+                    return self.follow(d, home, insn.addr, state);
+                }
                 Step::Goto(d) => return self.follow(d, home, insn.addr, state),
                 Step::Table => {
-                    for &t in ctx.graph.tables[&id].iter() {
-                        self.work.push((t, home, state));
+                    for &t in ctx.graph.tables[&id].iter().rev() {
+                        self.work.push(Pending {
+                            id: t,
+                            home,
+                            state,
+                            mode: Mode::Enter,
+                        });
                     }
                     return Ok(());
                 }
@@ -291,43 +354,72 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     return Err(Stop(Finding::new(FindingKind::CantDecode, insn.addr)))
                 }
             }
-            // Fall through.
-            if let Some(back) = alt_exit(insns, ctx.tables, id) {
-                id = back;
-                home = ctx
-                    .graph
-                    .func_at(insns.get(back).addr)
-                    .map(|g| ctx.graph.home(g));
-                continue;
-            }
-            let next = id + 1;
-            if next as usize >= insns.len() || insns.get(next).addr != insn.end() {
-                return Err(Stop(Finding::new(FindingKind::EndOfSection, insn.addr)));
-            }
-            let next_addr = insns.get(next).addr;
-            if !ctx.graph.in_region(home, next_addr) {
-                let walked = ctx.graph.func(self.f).name;
-                let next_name = ctx
-                    .graph
-                    .func_at(next_addr)
-                    .or_else(|| ctx.graph.func_after(next_addr))
-                    .map_or("<end of section>", |g| ctx.graph.func(g).name);
-                return Err(Stop(Finding::with(
-                    FindingKind::FallsThrough,
-                    ctx.graph.func(self.f).addr,
-                    format!("{walked}() falls through to next function {next_name}()"),
-                )));
-            }
-            id = next;
+            mode = Mode::FallFrom;
         }
+    }
+
+    /// The instruction after `id` on a fall-through, and its home; a finding if the path
+    /// leaves its function or its section that way.
+    fn fall_through(
+        &self,
+        id: InsnId,
+        home: Option<FuncId>,
+    ) -> Result<(InsnId, Option<FuncId>), Stop> {
+        let ctx = self.ctx;
+        let insns = ctx.insns;
+        let insn = insns.get(id);
+        if let Some(back) = alt_exit(insns, ctx.tables, id) {
+            let back_home = ctx
+                .graph
+                .func_at(insns.get(back).addr)
+                .map(|g| ctx.graph.home(g));
+            return Ok((back, back_home));
+        }
+        let next = id + 1;
+        if next as usize >= insns.len() || insns.get(next).addr != insn.end() {
+            return Err(Stop(Finding::new(FindingKind::EndOfSection, insn.addr)));
+        }
+        let next_addr = insns.get(next).addr;
+        if !ctx.graph.in_region(home, next_addr) {
+            let walked = ctx.graph.func(self.f).name;
+            let next_name = ctx
+                .graph
+                .func_at(next_addr)
+                .or_else(|| ctx.graph.func_after(next_addr))
+                .map_or("<end of section>", |g| ctx.graph.func(g).name);
+            return Err(Stop(Finding::with(
+                FindingKind::FallsThrough,
+                ctx.graph.func(self.f).addr,
+                format!("{walked}() falls through to next function {next_name}()"),
+            )));
+        }
+        Ok((next, home))
     }
 
     /// Continues at a direct branch's destination.
     fn follow(&mut self, d: Dest, home: Option<FuncId>, from: u64, state: Cfi) -> Result<(), Stop> {
         match d {
-            Dest::Local(t) => self.work.push((t, home, state)),
-            Dest::Into(g, t) => self.work.push((t, Some(self.ctx.graph.home(g)), state)),
-            Dest::Code(t) => self.work.push((t, None, state)),
+            Dest::Local(t) => self.work.push(Pending {
+                id: t,
+                home,
+                state,
+                mode: Mode::Enter,
+            }),
+            Dest::Into(g, t) => {
+                let home = Some(self.ctx.graph.home(g));
+                self.work.push(Pending {
+                    id: t,
+                    home,
+                    state,
+                    mode: Mode::Enter,
+                })
+            }
+            Dest::Code(t) => self.work.push(Pending {
+                id: t,
+                home: None,
+                state,
+                mode: Mode::Enter,
+            }),
             Dest::Entry(_) => return self.sibling(from, &state),
             Dest::Nowhere => return Err(Stop(Finding::new(FindingKind::BadJumpDestination, from))),
         }
