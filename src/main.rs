@@ -56,6 +56,10 @@ struct CheckArgs {
     /// Print each phase's duration to stderr.
     #[arg(long)]
     time: bool,
+    /// Findings are errors: label them `error:` (a build step should fail on exit status 1;
+    /// without this flag a kernel build hook treats them as warnings, as objtool's are).
+    #[arg(long)]
+    werror: bool,
     /// Output format of findings on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -117,7 +121,12 @@ fn check(args: CheckArgs) -> ExitCode {
                 continue;
             }
         };
-        if let Err(e) = report::print(&mut stdout.lock(), &checked.diagnostics, args.format) {
+        if let Err(e) = report::print(
+            &mut stdout.lock(),
+            &checked.diagnostics,
+            args.format,
+            args.werror,
+        ) {
             if e.kind() == io::ErrorKind::BrokenPipe {
                 return ExitCode::from(status.max(u8::from(!checked.diagnostics.is_empty())));
             }

@@ -119,12 +119,13 @@ fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl Diagnostic {
-    pub fn text(&self) -> String {
+    /// The objtool-style line, labelled `warning` or, with `--werror`, `error`.
+    pub fn text(&self, severity: &str) -> String {
         if self.location.is_empty() {
-            format!("{}: warning: stackval: {}", self.file, self.message)
+            format!("{}: {severity}: stackval: {}", self.file, self.message)
         } else {
             format!(
-                "{}: warning: stackval: {}: {}",
+                "{}: {severity}: stackval: {}: {}",
                 self.file, self.location, self.message
             )
         }
@@ -204,10 +205,16 @@ pub enum Format {
 }
 
 /// Writes findings to `out`. A closed pipe ends output quietly.
-pub fn print(out: &mut impl Write, diags: &[Diagnostic], format: Format) -> io::Result<()> {
+pub fn print(
+    out: &mut impl Write,
+    diags: &[Diagnostic],
+    format: Format,
+    werror: bool,
+) -> io::Result<()> {
+    let severity = if werror { "error" } else { "warning" };
     for d in diags {
         match format {
-            Format::Text => writeln!(out, "{}", d.text())?,
+            Format::Text => writeln!(out, "{}", d.text(severity))?,
             Format::Json => {
                 serde_json::to_writer(&mut *out, d)?;
                 writeln!(out)?;
