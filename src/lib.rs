@@ -180,6 +180,16 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
     })
 }
 
+/// Maps, parses and decodes the image, nothing more: the decode floor. Returns the number of
+/// instructions, the executable bytes decoded and the seconds it took (mapping included).
+pub fn decode_only(path: &Path) -> Result<(usize, u64, f64), InputError> {
+    let start = Instant::now();
+    let map = map_file(path)?;
+    let image = Image::parse(path, &map)?;
+    let insns = decode::decode_image(&image);
+    Ok((insns.len(), insns.bytes, start.elapsed().as_secs_f64()))
+}
+
 /// Describes one function's place in the call graph, for `stackval graph`.
 pub fn describe_function(path: &Path, name: &str) -> Result<Option<String>, InputError> {
     use std::fmt::Write;

@@ -27,6 +27,15 @@ struct Cli {
 enum Cmd {
     /// Check one or more images and report every finding.
     Check(CheckArgs),
+    /// Decode every executable byte once and nothing else: the floor a full check is
+    /// measured against (for benchmarks).
+    Decode {
+        /// Worker threads [default: all cores].
+        #[arg(short, long, value_name = "N")]
+        jobs: Option<usize>,
+        /// The image (vmlinux).
+        image: PathBuf,
+    },
     /// Show a function's callers, callees, cold parts and whether it returns.
     Graph {
         /// The image (vmlinux).
@@ -72,6 +81,29 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Check(args) => check(args),
+        Cmd::Decode { jobs, image } => {
+            if let Err(e) = rayon::ThreadPoolBuilder::new()
+                .num_threads(jobs.unwrap_or(0))
+                .build_global()
+            {
+                eprintln!("stackval: cannot start worker threads: {e}");
+                return ExitCode::from(2);
+            }
+            match stackval::decode_only(&image) {
+                Ok((insns, bytes, secs)) => {
+                    println!(
+                        "{}: {insns} instructions, {bytes} bytes decoded in {secs:.3}s ({:.1} M instructions/s)",
+                        image.display(),
+                        insns as f64 / secs / 1e6
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("stackval: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Cmd::Graph { image, function } => match stackval::describe_function(&image, &function) {
             Ok(Some(text)) => {
                 let _ = io::stdout().write_all(text.as_bytes());
