@@ -17,6 +17,9 @@ use crate::image::{Image, SymKind};
 /// Dense index of an instruction in [`Insns::list`].
 pub type InsnId = u32;
 
+/// `Insn::target_id` of an instruction with no resolved target.
+pub const NO_INSN: InsnId = InsnId::MAX;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Kind {
@@ -130,6 +133,8 @@ pub struct Insn {
     /// Direct branch target; for an indirect jump or [`Kind::TableLoad`] through
     /// `disp(,%idx,8)`, the table's address; otherwise 0.
     pub target: u64,
+    /// The instruction a direct branch lands on, or [`NO_INSN`] (resolved once, after decoding).
+    pub target_id: InsnId,
     pub len: u8,
     pub kind: Kind,
     pub op: StackOp,
@@ -151,6 +156,31 @@ pub struct Insns {
 }
 
 impl Insns {
+    /// Takes an address-sorted list and resolves every direct branch's target once.
+    pub fn new(mut list: Vec<Insn>, bytes: u64) -> Insns {
+        let ids: Vec<InsnId> = list
+            .par_iter()
+            .map(|i| {
+                if i.is_branch() {
+                    list.binary_search_by_key(&i.target, |x| x.addr)
+                        .map_or(NO_INSN, |n| n as InsnId)
+                } else {
+                    NO_INSN
+                }
+            })
+            .collect();
+        for (insn, id) in list.iter_mut().zip(ids) {
+            insn.target_id = id;
+        }
+        Insns { list, bytes }
+    }
+
+    /// The instruction a direct branch at `id` lands on.
+    pub fn target(&self, id: InsnId) -> Option<InsnId> {
+        let t = self.list[id as usize].target_id;
+        (t != NO_INSN).then_some(t)
+    }
+
     /// The instruction starting exactly at `addr`.
     pub fn at(&self, addr: u64) -> Option<InsnId> {
         self.list
@@ -233,7 +263,9 @@ pub fn decode_image(image: &Image<'_>) -> Insns {
     let parts: Vec<Vec<Insn>> = batches
         .par_iter()
         .map(|batch| {
-            let mut out = Vec::with_capacity(batch.iter().map(|p| p.1.len()).sum::<usize>() / 4);
+            // Kernel code averages a little over two bytes an instruction with int3 padding.
+            let mut out =
+                Vec::with_capacity(batch.iter().map(|p| p.1.len()).sum::<usize>() / 2 + 16);
             for &(addr, bytes) in batch.iter() {
                 decode_into(addr, bytes, &mut out);
             }
@@ -250,7 +282,7 @@ pub fn decode_image(image: &Image<'_>) -> Insns {
         list.dedup_by_key(|i| i.addr);
     }
     let bytes = pieces.iter().map(|p| p.1.len() as u64).sum();
-    Insns { list, bytes }
+    Insns::new(list, bytes)
 }
 
 /// Decodes `bytes`, which live at `addr`, appending to `out`.
@@ -264,6 +296,7 @@ pub fn decode_into(addr: u64, bytes: &[u8], out: &mut Vec<Insn>) {
             out.push(Insn {
                 addr: addr + pos as u64,
                 target: 0,
+                target_id: NO_INSN,
                 len: 1,
                 kind: Kind::Invalid,
                 op: StackOp::NONE,
@@ -312,6 +345,7 @@ pub fn classify(ins: &Instruction) -> Insn {
     let mut insn = Insn {
         addr: ins.ip(),
         target: 0,
+        target_id: NO_INSN,
         len: ins.len() as u8,
         kind: Kind::Other,
         op: StackOp::NONE,

@@ -11,7 +11,7 @@
 //! a switch table is an array of 8-byte absolute code addresses in a data section, reached by
 //! `jmp *table(,%idx,8)` or by `mov table(,%idx,8),%reg; ...; jmp *%reg`.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
@@ -178,9 +178,15 @@ impl<'data> Graph<'data> {
     /// Classifies a direct branch to `target` taken from code of function `home` (already
     /// resolved to its parent), or from code outside any function when `home` is `None`.
     pub fn resolve(&self, insns: &Insns, home: Option<FuncId>, target: u64) -> Dest {
-        let Some(id) = insns.at(target) else {
+        self.resolve_insn(insns, home, insns.at(target))
+    }
+
+    /// [`Graph::resolve`] for a destination already found in the instruction list.
+    pub fn resolve_insn(&self, insns: &Insns, home: Option<FuncId>, id: Option<InsnId>) -> Dest {
+        let Some(id) = id else {
             return Dest::Nowhere;
         };
+        let target = insns.get(id).addr;
         let Some(f) = self.func_at(target) else {
             return Dest::Code(id);
         };
@@ -231,7 +237,7 @@ fn from_funcs<'data>(
         edges: Vec::new(),
         edge_start: Vec::new(),
         callers: Vec::new(),
-        tables: HashMap::new(),
+        tables: HashMap::default(),
         targets: Vec::new(),
         noreturn: Vec::new(),
         noreturn_rounds: 0,
@@ -329,7 +335,7 @@ pub fn cold_parent_name(name: &str) -> Option<&str> {
 /// Links every `.cold` part to its parent. Static functions can share a name across files, so
 /// when several functions carry the parent's name, the one that jumps into the part wins.
 fn link_cold_parts(funcs: &mut [Func<'_>], insns: &Insns) {
-    let mut by_name: HashMap<&str, Vec<FuncId>> = HashMap::new();
+    let mut by_name: HashMap<&str, Vec<FuncId>> = HashMap::default();
     for (i, f) in funcs.iter().enumerate() {
         if cold_parent_name(f.name).is_none() {
             by_name.entry(f.name).or_default().push(i as FuncId);
@@ -368,7 +374,7 @@ struct TableRelocs {
 
 impl TableRelocs {
     fn new(image: &Image<'_>) -> Self {
-        let mut by_section = HashMap::new();
+        let mut by_section = HashMap::default();
         if image.has_relocations() {
             for name in [".rodata", ".init.rodata", ".init.data", ".data"] {
                 if let Some(sec) = image.section_by_name(name) {
@@ -400,7 +406,7 @@ fn scan_function(
         let insn = insns.get(id);
         match insn.kind {
             Kind::Call | Kind::Jump | Kind::JumpCond => {
-                let (to, kind) = match graph.resolve(insns, Some(home), insn.target) {
+                let (to, kind) = match graph.resolve_insn(insns, Some(home), insns.target(id)) {
                     Dest::Entry(g) if insn.kind == Kind::Call => (g, EdgeKind::Call),
                     Dest::Entry(g) => (g, EdgeKind::Sibling),
                     Dest::Into(g, _) if graph.func(g).parent.is_some() => (g, EdgeKind::Cold),
@@ -495,8 +501,8 @@ fn branch_targets(
     let hits: Vec<InsnId> = insns
         .list
         .par_iter()
-        .filter(|i| i.is_branch())
-        .filter_map(|i| insns.at(i.target))
+        .filter(|i| i.target_id != crate::decode::NO_INSN)
+        .map(|i| i.target_id)
         .collect();
     let kernel = tables
         .jump_labels
@@ -539,7 +545,7 @@ pub fn table_paths(
         return;
     }
     // Table destinations are followed, never taken as tail calls.
-    let into = |t: InsnId| match graph.resolve(insns, home, insns.get(t).addr) {
+    let into = |t: InsnId| match graph.resolve_insn(insns, home, Some(t)) {
         Dest::Entry(g) => Dest::Into(g, t),
         d => d,
     };
@@ -564,11 +570,11 @@ pub fn table_paths(
 
 /// Where execution continues after falling off the end of `id`, if that is not simply the
 /// next instruction: the end of an alternative's replacement returns to its original code.
-pub fn alt_exit(insns: &Insns, tables: &Tables, id: InsnId) -> Option<InsnId> {
-    if tables.alt_exits.is_empty() {
+pub fn alt_exit(tables: &Tables, id: InsnId) -> Option<InsnId> {
+    if tables.flags(id) & kernel::ALT_EXIT == 0 {
         return None;
     }
-    tables.alt_exits.get(&insns.get(id).end()).copied()
+    tables.alt_exits.get(&id).copied()
 }
 
 /// What one instruction does to control flow, seen from the function being walked.
@@ -604,9 +610,9 @@ pub fn step(
 ) -> Step {
     let insn = insns.get(id);
     match insn.kind {
-        Kind::Jump => Step::Goto(graph.resolve(insns, home, insn.target)),
-        Kind::JumpCond => Step::Branch(graph.resolve(insns, home, insn.target)),
-        Kind::Call => Step::Call(graph.resolve(insns, home, insn.target)),
+        Kind::Jump => Step::Goto(graph.resolve_insn(insns, home, insns.target(id))),
+        Kind::JumpCond => Step::Branch(graph.resolve_insn(insns, home, insns.target(id))),
+        Kind::Call => Step::Call(graph.resolve_insn(insns, home, insns.target(id))),
         Kind::CallIndirect => Step::CallIndirect,
         Kind::JumpIndirect if graph.tables.contains_key(&id) => Step::Table,
         Kind::JumpIndirect => Step::Dynamic,
@@ -636,7 +642,7 @@ fn infer_noreturn(graph: &Graph<'_>, insns: &Insns, tables: &Tables) -> (Vec<boo
     let mut pending: Vec<FuncId> = (0..n as FuncId)
         .filter(|&f| graph.func(f).skip.is_none())
         .collect();
-    let mut dependents: HashMap<FuncId, Vec<FuncId>> = HashMap::new();
+    let mut dependents: HashMap<FuncId, Vec<FuncId>> = HashMap::default();
     let mut rounds = 0;
     while !pending.is_empty() {
         rounds += 1;
@@ -694,7 +700,7 @@ fn may_return(
     };
     let returning = |g: FuncId| returns[g as usize].load(Ordering::Relaxed);
     let mut blockers = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = rustc_hash::FxHashSet::default();
     let mut work = vec![(entry, Some(f))];
     let mut extra = Vec::new();
     while let Some((mut id, mut home)) = work.pop() {
@@ -751,7 +757,7 @@ fn may_return(
             }
             // Fall through to the next instruction; leaving the function's code that way is
             // something we cannot follow meaningfully, so it counts as returning.
-            if let Some(back) = alt_exit(insns, tables, id) {
+            if let Some(back) = alt_exit(tables, id) {
                 id = back;
                 home = graph.func_at(insns.get(back).addr).map(|g| graph.home(g));
                 continue;
@@ -797,7 +803,7 @@ mod tests {
             addr += code.len() as u64;
         }
         let bytes = addr - BASE;
-        (funcs, Insns { list, bytes })
+        (funcs, Insns::new(list, bytes))
     }
 
     fn rel32(from_end: u64, to: u64) -> [u8; 4] {

@@ -15,7 +15,7 @@
 //! recognised from the image itself (section sizes, the `.orc_header` section) and checked
 //! entry by entry; each layout cites the kernel header it mirrors.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::decode::{InsnId, Insns, Kind};
 use crate::image::Image;
@@ -25,6 +25,8 @@ pub const JUMP_LABEL: u8 = 1;
 pub const EX_FAULT: u8 = 2;
 pub const ALT_START: u8 = 4;
 pub const WARN_UD2: u8 = 8;
+/// The last instruction of an alternative's replacement.
+pub const ALT_EXIT: u8 = 16;
 
 /// One alternative for the instructions `orig..orig_end`.
 #[derive(Clone, Copy, Debug)]
@@ -91,8 +93,8 @@ pub struct Tables {
     pub jump_labels: HashMap<InsnId, InsnId>,
     pub ex_fixups: HashMap<InsnId, Vec<InsnId>>,
     pub alts: HashMap<InsnId, Vec<Alt>>,
-    /// End address of each replacement -> where its original continues.
-    pub alt_exits: HashMap<u64, InsnId>,
+    /// Last instruction of each replacement -> where its original continues.
+    pub alt_exits: HashMap<InsnId, InsnId>,
     pub orc: Option<Orc>,
     pub summary: Vec<String>,
 }
@@ -229,7 +231,11 @@ fn alternatives(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
         let repl_id = if rlen == 0 {
             None
         } else if let Some(r) = insns.at(repl) {
-            t.alt_exits.insert(repl + rlen as u64, end);
+            let last = insns.lower_bound(repl + rlen as u64).saturating_sub(1);
+            if insns.get(last).end() == repl + rlen as u64 && last >= r {
+                t.flags[last as usize] |= ALT_EXIT;
+                t.alt_exits.insert(last, end);
+            }
             Some(r)
         } else {
             bad += 1;

@@ -17,7 +17,7 @@
 
 pub mod state;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use indicatif::ProgressBar;
@@ -157,8 +157,8 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             ctx,
             f,
             own: vec![0; ((func.end - func.first) as usize).div_ceil(64)],
-            other: HashMap::new(),
-            states: HashMap::new(),
+            other: HashMap::default(),
+            states: HashMap::default(),
             work: Vec::new(),
             extra: Vec::new(),
             visited: 0,
@@ -368,7 +368,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         let ctx = self.ctx;
         let insns = ctx.insns;
         let insn = insns.get(id);
-        if let Some(back) = alt_exit(insns, ctx.tables, id) {
+        if let Some(back) = alt_exit(ctx.tables, id) {
             let back_home = ctx
                 .graph
                 .func_at(insns.get(back).addr)
