@@ -37,6 +37,8 @@ pub struct Options {
     pub frame_pointer: Option<bool>,
     /// Show a progress bar on stderr if it is a terminal.
     pub progress: bool,
+    /// Force ORC verification on or off; by default it runs when the image has an ORC table.
+    pub verify_orc: Option<bool>,
 }
 
 /// What a check of one image measured.
@@ -50,6 +52,8 @@ pub struct Stats {
     pub noreturn: usize,
     pub noreturn_rounds: u32,
     pub switch_tables: usize,
+    /// ORC verification tallies, when it ran.
+    pub orc_verified: Option<check::orc::OrcStats>,
     pub frame_pointer: bool,
     pub relocations: bool,
     pub orc: bool,
@@ -134,11 +138,21 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
         bar.set_prefix(format!("stackval: {}", path.display()));
         bar
     });
+    let verify_orc = opts.verify_orc.unwrap_or(true) && tables.orc.is_some();
+    let mut sections: Vec<(u64, u64)> = image
+        .exec_sections()
+        .map(|s| (s.addr, s.addr + s.size))
+        .collect();
+    sections.sort_unstable();
     let outcome = check::run(
         &insns,
         &graph,
         &tables,
-        check::Config { frame_pointer },
+        &sections,
+        check::Config {
+            frame_pointer,
+            verify_orc,
+        },
         progress.as_ref(),
     );
     if let Some(p) = progress {
@@ -155,6 +169,7 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
         noreturn: graph.noreturn.iter().filter(|&&n| n).count(),
         noreturn_rounds: graph.noreturn_rounds,
         switch_tables: graph.tables.len(),
+        orc_verified: verify_orc.then_some(outcome.orc),
         frame_pointer,
         relocations: image.has_relocations(),
         orc,

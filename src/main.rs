@@ -56,6 +56,12 @@ struct CheckArgs {
     /// Do not apply the frame-pointer rules (default when the image has an ORC table).
     #[arg(long, overrides_with = "frame_pointer")]
     no_frame_pointer: bool,
+    /// Compare the image's ORC table with the computed stack state (default when it has one).
+    #[arg(long, overrides_with = "no_orc")]
+    orc: bool,
+    /// Do not verify the ORC table.
+    #[arg(long, overrides_with = "orc")]
+    no_orc: bool,
     /// Print findings only: no summary line.
     #[arg(short, long)]
     quiet: bool,
@@ -138,9 +144,15 @@ fn check(args: CheckArgs) -> ExitCode {
         (_, true) => Some(false),
         _ => None,
     };
+    let verify_orc = match (args.orc, args.no_orc) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
     let opts = stackval::Options {
         frame_pointer,
         progress: !args.no_progress && !args.quiet,
+        verify_orc,
     };
     let mut status = 0u8;
     let stdout = io::stdout();
@@ -166,6 +178,19 @@ fn check(args: CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
         let s = &checked.stats;
+        if let Some(o) = &s.orc_verified {
+            let checked = o.confirmed + o.mismatched;
+            eprintln!(
+                "stackval: orc: {} of {} instructions confirmed ({:.3}%), {} mismatched, {} uncovered, {} undefined, {} regs hints",
+                o.confirmed,
+                checked,
+                100.0 * o.confirmed as f64 / checked.max(1) as f64,
+                o.mismatched,
+                o.uncovered,
+                o.undefined,
+                o.regs_hints
+            );
+        }
         if args.time {
             for (phase, d) in &s.phases {
                 eprintln!(

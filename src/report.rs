@@ -34,6 +34,8 @@ pub enum FindingKind {
     UnsupportedRealignment,
     UnknownStackInstruction,
     UnsupportedStackModification,
+    OrcMismatch,
+    OrcUncovered,
 }
 
 impl FindingKind {
@@ -63,6 +65,8 @@ impl FindingKind {
             UnsupportedRealignment => "unsupported stack pointer realignment",
             UnknownStackInstruction => "unknown stack-related instruction",
             UnsupportedStackModification => "unsupported stack register modification",
+            OrcMismatch => "ORC mismatch",
+            OrcUncovered => "no ORC entry covers this instruction",
         }
     }
 

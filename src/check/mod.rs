@@ -15,6 +15,7 @@
 //! per function and merged and sorted afterwards. Like objtool, a walk stops at its function's
 //! first finding: later ones on the same path are usually consequences of the first.
 
+pub mod orc;
 pub mod state;
 
 use rustc_hash::FxHashMap as HashMap;
@@ -25,20 +26,35 @@ use rayon::prelude::*;
 
 use crate::decode::{InsnId, Insns, Kind};
 use crate::graph::{alt_exit, step, table_paths, Dest, FuncId, Graph, Step};
-use crate::kernel::Tables;
+use crate::kernel::{Orc, Tables};
 use crate::report::{Finding, FindingKind};
+use orc::{OrcStats, Verdict};
 use state::{Cfi, StackError};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
     /// Apply the frame-pointer rules (CONFIG_FRAME_POINTER kernels).
     pub frame_pointer: bool,
+    /// Compare every reached instruction of a function with the image's ORC table.
+    pub verify_orc: bool,
+}
+
+/// What one function's walk found.
+#[derive(Clone, Debug)]
+pub struct FuncResult {
+    pub func: FuncId,
+    pub findings: Vec<Finding>,
+    pub orc: OrcStats,
+    pub visited: u64,
 }
 
 pub struct Outcome {
     pub findings: Vec<Finding>,
     pub functions_validated: usize,
     pub insns_visited: u64,
+    pub orc: OrcStats,
+    /// Per validated function, in address order.
+    pub functions: Vec<FuncResult>,
 }
 
 struct Ctx<'a, 'data> {
@@ -46,6 +62,9 @@ struct Ctx<'a, 'data> {
     graph: &'a Graph<'data>,
     tables: &'a Tables,
     cfg: Config,
+    orc: Option<&'a Orc>,
+    /// Executable section ranges, sorted: an ORC entry only covers code in its own section.
+    sections: &'a [(u64, u64)],
     /// Instructions outside any function that some walk reached.
     code_seen: Vec<AtomicU64>,
 }
@@ -54,6 +73,7 @@ pub fn run(
     insns: &Insns,
     graph: &Graph<'_>,
     tables: &Tables,
+    sections: &[(u64, u64)],
     cfg: Config,
     progress: Option<&ProgressBar>,
 ) -> Outcome {
@@ -62,6 +82,8 @@ pub fn run(
         graph,
         tables,
         cfg,
+        orc: tables.orc.as_ref().filter(|_| cfg.verify_orc),
+        sections,
         code_seen: (0..insns.len().div_ceil(64))
             .map(|_| AtomicU64::new(0))
             .collect(),
@@ -69,7 +91,7 @@ pub fn run(
     let roots: Vec<FuncId> = (0..graph.funcs.len() as FuncId)
         .filter(|&f| graph.func(f).skip.is_none())
         .collect();
-    let results: Vec<(Vec<Finding>, u64)> = roots
+    let functions: Vec<FuncResult> = roots
         .par_iter()
         .map(|&f| {
             let r = Walk::new(&ctx, f).run();
@@ -81,15 +103,19 @@ pub fn run(
         .collect();
     let mut findings = Vec::new();
     let mut visited = 0;
-    for (f, v) in results {
-        findings.extend(f);
-        visited += v;
+    let mut orc = OrcStats::default();
+    for r in &functions {
+        findings.extend(r.findings.iter().cloned());
+        visited += r.visited;
+        orc.add(&r.orc);
     }
     findings.extend(returns_outside_functions(&ctx));
     Outcome {
         findings,
         functions_validated: roots.len(),
         insns_visited: visited,
+        orc,
+        functions,
     }
 }
 
@@ -145,6 +171,9 @@ struct Walk<'c, 'a, 'data> {
     work: Vec<Pending>,
     extra: Vec<Dest>,
     visited: u64,
+    orc: OrcStats,
+    /// The first disagreement with the ORC table; the walk goes on after it.
+    orc_finding: Option<Finding>,
 }
 
 /// The walk stopped at a finding.
@@ -162,16 +191,16 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             work: Vec::new(),
             extra: Vec::new(),
             visited: 0,
+            orc: OrcStats::default(),
+            orc_finding: None,
         }
     }
 
-    fn run(mut self) -> (Vec<Finding>, u64) {
+    fn run(mut self) -> FuncResult {
         let func = self.ctx.graph.func(self.f);
         let Some(entry) = self.ctx.insns.at(func.addr) else {
-            return (
-                vec![Finding::new(FindingKind::NoStartingInstruction, func.addr)],
-                0,
-            );
+            let finding = Finding::new(FindingKind::NoStartingInstruction, func.addr);
+            return self.result(vec![finding]);
         };
         self.work.push(Pending {
             id: entry,
@@ -181,11 +210,37 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         });
         while let Some(p) = self.work.pop() {
             if let Err(Stop(finding)) = self.path(p) {
-                return (vec![finding], self.visited);
+                return self.result(vec![finding]);
             }
         }
         let unreachable = self.first_unreachable();
-        (unreachable.into_iter().collect(), self.visited)
+        self.result(unreachable.into_iter().collect())
+    }
+
+    fn result(mut self, mut findings: Vec<Finding>) -> FuncResult {
+        findings.extend(self.orc_finding.take());
+        FuncResult {
+            func: self.f,
+            findings,
+            orc: self.orc,
+            visited: self.visited,
+        }
+    }
+
+    /// Compares the ORC entry covering `insn` with the state there.
+    fn verify_orc(&mut self, orc: &Orc, addr: u64, state: &Cfi) {
+        let secs = self.ctx.sections;
+        let i = secs.partition_point(|s| s.0 <= addr);
+        let section = if i > 0 { secs[i - 1] } else { (0, 0) };
+        let verdict = orc::verify(orc, addr, section, state);
+        self.orc.count(&verdict);
+        if self.orc_finding.is_none() {
+            self.orc_finding = match verdict {
+                Verdict::Mismatch(m) => Some(Finding::with(FindingKind::OrcMismatch, addr, m)),
+                Verdict::Uncovered => Some(Finding::new(FindingKind::OrcUncovered, addr)),
+                _ => None,
+            };
+        }
     }
 
     /// Marks `id` visited; returns false if it already was.
@@ -246,6 +301,8 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 }
                 if home.is_none() {
                     ctx.code_seen[id as usize / 64].fetch_or(1 << (id % 64), Ordering::Relaxed);
+                } else if let Some(orc) = ctx.orc {
+                    self.verify_orc(orc, insn.addr, &state);
                 }
                 // Paths the kernel's tables add, walked first, with the state before this
                 // instruction; the instruction itself resumes afterwards.

@@ -282,8 +282,9 @@ impl Cfi {
                 }
             }
             OpKind::LeaSpFrom => {
-                if b == reg::BP && self.regs[reg::BP as usize].base == CFA {
-                    // `lea disp(%rbp),%rsp`: rbp points at the saved rbp.
+                if b == reg::BP && self.regs[reg::BP as usize].base != UNDEF {
+                    // `lea disp(%rbp),%rsp`: rbp points at the saved rbp, whose slot is at
+                    // -off from the CFA (or, in a DRAP frame, from the realigned frame base).
                     self.stack_size = -(imm + self.regs[reg::BP as usize].off);
                 } else if self.drap && b == self.drap_reg {
                     // Leaving a DRAP frame: rsp is computed back from the CFA.
