@@ -32,6 +32,10 @@ pub enum Skip {
     /// `__pfx_*` / `__cfi_*` symbols: the padding objtool places before each function for
     /// call-depth tracking and kCFI. They are patched at boot and never called as written.
     Prefix,
+    /// The image's ORC table marks the whole function undefined: objtool did not validate it
+    /// (STACK_FRAME_NON_STANDARD, or an object file built with OBJECT_FILES_NON_STANDARD), so
+    /// the kernel's unwinder stops there and reports any trace through it as unreliable.
+    OrcUndefined,
 }
 
 #[derive(Clone, Debug)]
@@ -215,6 +219,13 @@ fn from_funcs<'data>(
     tables: &Tables,
 ) -> Graph<'data> {
     link_cold_parts(&mut funcs, insns);
+    if let Some(orc) = tables.orc.as_ref() {
+        for f in funcs.iter_mut().filter(|f| f.skip.is_none()) {
+            if orc.undefined_over(f.addr, f.end_addr()) {
+                f.skip = Some(Skip::OrcUndefined);
+            }
+        }
+    }
 
     let mut cold_lists: Vec<Vec<FuncId>> = vec![Vec::new(); funcs.len()];
     for (i, f) in funcs.iter().enumerate() {
@@ -592,6 +603,9 @@ pub enum Step {
     Dynamic,
     /// A call; continue after it if the callee returns.
     Call(Dest),
+    /// A conditional jump to the return thunk: a return on one way, the next instruction
+    /// on the other.
+    CondReturn,
     /// An indirect call: continues.
     CallIndirect,
     Return,
@@ -609,6 +623,16 @@ pub fn step(
     id: InsnId,
 ) -> Step {
     let insn = insns.get(id);
+    let flags = tables.flags(id);
+    if flags & (kernel::RETURN_SITE | kernel::RETPOLINE_SITE) != 0 {
+        match (insn.kind, flags & kernel::RETURN_SITE != 0) {
+            (Kind::Jump, true) => return Step::Return,
+            (Kind::JumpCond, true) => return Step::CondReturn,
+            (Kind::Jump, false) => return Step::Dynamic,
+            (Kind::Call, false) => return Step::CallIndirect,
+            _ => {}
+        }
+    }
     match insn.kind {
         Kind::Jump => Step::Goto(graph.resolve_insn(insns, home, insns.target(id))),
         Kind::JumpCond => Step::Branch(graph.resolve_insn(insns, home, insns.target(id))),
@@ -619,7 +643,10 @@ pub fn step(
         Kind::Return => Step::Return,
         // A ud2 listed in __bug_table as a warning traps, reports and continues.
         Kind::Ud2 if tables.flags(id) & kernel::WARN_UD2 != 0 => Step::Next,
-        Kind::Ud2 | Kind::Int3 => Step::DeadEnd,
+        Kind::Ud2 => Step::DeadEnd,
+        // int3 traps and, as objtool has it, continues (int3_selftest(), kprobes); as padding
+        // after a return or jump no path reaches it.
+        Kind::Int3 => Step::Next,
         Kind::ContextSwitch => Step::ContextSwitch,
         Kind::Invalid => Step::Invalid,
         // iretq inside a function is sync_core()'s iret-to-self: it continues with the next
@@ -637,7 +664,12 @@ fn infer_noreturn(graph: &Graph<'_>, insns: &Insns, tables: &Tables) -> (Vec<boo
     let returns: Vec<AtomicBool> = graph
         .funcs
         .iter()
-        .map(|f| AtomicBool::new(f.skip == Some(Skip::Prefix) || f.skip == Some(Skip::Orphan)))
+        .map(|f| {
+            AtomicBool::new(matches!(
+                f.skip,
+                Some(Skip::Prefix | Skip::Orphan | Skip::OrcUndefined)
+            ))
+        })
         .collect();
     let mut pending: Vec<FuncId> = (0..n as FuncId)
         .filter(|&f| graph.func(f).skip.is_none())
@@ -728,6 +760,7 @@ fn may_return(
             }
             match step(insns, graph, tables, home, id) {
                 Step::Next | Step::CallIndirect => {}
+                Step::CondReturn => return (true, blockers),
                 Step::Branch(d) => {
                     if go(d, &mut work) == Some(true) {
                         return (true, blockers);

@@ -27,6 +27,11 @@ pub const ALT_START: u8 = 4;
 pub const WARN_UD2: u8 = 8;
 /// The last instruction of an alternative's replacement.
 pub const ALT_EXIT: u8 = 16;
+/// Listed in `.return_sites`: a `jmp __x86_return_thunk` that is the function's return.
+pub const RETURN_SITE: u8 = 32;
+/// Listed in `.retpoline_sites`: a call or jump through `__x86_indirect_thunk_*`, an
+/// indirect call or tail call written as a direct branch.
+pub const RETPOLINE_SITE: u8 = 64;
 
 /// One alternative for the instructions `orig..orig_end`.
 #[derive(Clone, Copy, Debug)]
@@ -79,6 +84,23 @@ pub struct Orc {
 }
 
 impl Orc {
+    /// Whether `[lo, hi)` is covered only by entries that give the unwinder no way through
+    /// (undefined or end of stack): the one in force at `lo` and every one inside.
+    pub fn undefined_over(&self, lo: u64, hi: u64) -> bool {
+        let undefined = |e: &OrcEntry| matches!(e.kind, OrcType::Undefined | OrcType::EndOfStack);
+        let Some((_, first)) = self.lookup(lo) else {
+            return false;
+        };
+        let a = self.ips.partition_point(|&ip| ip <= lo);
+        let b = self.ips.partition_point(|&ip| ip < hi);
+        undefined(first) && self.entries[a..b].iter().all(undefined)
+    }
+
+    /// The entry starting exactly at `addr`.
+    pub fn at(&self, addr: u64) -> Option<&OrcEntry> {
+        self.ips.binary_search(&addr).ok().map(|i| &self.entries[i])
+    }
+
     /// The entry that covers `addr`: the last one at or before it.
     pub fn lookup(&self, addr: u64) -> Option<(u64, &OrcEntry)> {
         let i = self.ips.partition_point(|&ip| ip <= addr);
@@ -122,6 +144,8 @@ pub fn read(image: &Image<'_>, insns: &Insns) -> Tables {
     ex_table(image, insns, &mut t);
     alternatives(image, insns, &mut t);
     bug_table(image, insns, &mut t);
+    sites(image, insns, &mut t, "return_sites", RETURN_SITE);
+    sites(image, insns, &mut t, "retpoline_sites", RETPOLINE_SITE);
     t.orc = orc(image);
     if let Some(o) = &t.orc {
         t.summary
@@ -250,6 +274,31 @@ fn alternatives(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
     }
     t.summary
         .push(format!("alternatives: {ok} ({bad} unresolved, {layout})"));
+}
+
+/// `.return_sites` and `.retpoline_sites`: arrays of `s32` self-relative addresses of the
+/// branches objtool found to the return thunk and the retpoline thunks (written by objtool's
+/// create_return_sites_sections()/create_retpoline_sites_sections(), read by
+/// apply_returns()/apply_retpolines() in arch/x86/kernel/alternative.c).
+fn sites(image: &Image<'_>, insns: &Insns, t: &mut Tables, name: &str, flag: u8) {
+    let Some((base, bytes)) = image
+        .table(name)
+        .or_else(|| image.table(&format!(".{name}")))
+    else {
+        return;
+    };
+    let (mut ok, mut bad) = (0, 0);
+    for (i, e) in bytes.chunks_exact(4).enumerate() {
+        let addr = rel(base + 4 * i as u64, s32(e, 0));
+        match insns.at(addr) {
+            Some(id) if matches!(insns.get(id).kind, Kind::Jump | Kind::JumpCond | Kind::Call) => {
+                t.flags[id as usize] |= flag;
+                ok += 1;
+            }
+            _ => bad += 1,
+        }
+    }
+    t.summary.push(format!("{name}: {ok} ({bad} unresolved)"));
 }
 
 /// `struct bug_entry` (include/asm-generic/bug.h) with relative pointers:

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use crate::decode::{InsnId, Insns, Kind};
 use crate::graph::{alt_exit, step, table_paths, Dest, FuncId, Graph, Step};
-use crate::kernel::{Orc, Tables};
+use crate::kernel::{Orc, OrcType, Tables};
 use crate::report::{Finding, FindingKind};
 use orc::{OrcStats, Verdict};
 use state::{Cfi, StackError};
@@ -55,6 +55,10 @@ pub struct Outcome {
     pub orc: OrcStats,
     /// Per validated function, in address order.
     pub functions: Vec<FuncResult>,
+    /// Unwind hints in code outside functions that started a walk.
+    pub hint_roots: usize,
+    /// Returns outside functions in code the ORC table leaves undefined.
+    pub unvalidated_returns: usize,
 }
 
 struct Ctx<'a, 'data> {
@@ -109,8 +113,13 @@ pub fn run(
         visited += r.visited;
         orc.add(&r.orc);
     }
-    findings.extend(returns_outside_functions(&ctx));
+    let (hint_findings, hints) = hint_walks(&ctx);
+    findings.extend(hint_findings);
+    let (stray, unvalidated_returns) = returns_outside_functions(&ctx);
+    findings.extend(stray);
     Outcome {
+        hint_roots: hints,
+        unvalidated_returns,
         findings,
         functions_validated: roots.len(),
         insns_visited: visited,
@@ -119,19 +128,71 @@ pub fn run(
     }
 }
 
+/// Walks code outside functions that no function reaches, from the unwind hints objtool left
+/// in the ORC table (call-type entries, as UNWIND_HINT_FUNC writes): the thunks and entry
+/// code objtool validated only from such hints. Roots go in address order, one at a time, and
+/// a root some earlier walk already reached is skipped, so the result is deterministic.
+fn hint_walks(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
+    let Some(orc) = ctx.tables.orc.as_ref() else {
+        return (Vec::new(), 0);
+    };
+    let mut findings = Vec::new();
+    let mut roots = 0;
+    for (i, &ip) in orc.ips.iter().enumerate() {
+        let e = &orc.entries[i];
+        if e.kind != OrcType::Call {
+            continue;
+        }
+        let Some(id) = ctx.insns.at(ip) else { continue };
+        if ctx.graph.func_at(ip).is_some()
+            || ctx.code_seen[id as usize / 64].load(Ordering::Relaxed) & (1 << (id % 64)) != 0
+        {
+            continue;
+        }
+        let Some(state) = orc::hint_state(e) else {
+            continue;
+        };
+        let near =
+            ctx.graph
+                .func_after(ip)
+                .or(ctx.graph.funcs.len().checked_sub(1).map(|n| n as FuncId));
+        let Some(near) = near else { continue };
+        roots += 1;
+        let mut walk = Walk::new(ctx, near);
+        walk.hint_walk = true;
+        findings.extend(walk.run_hint(id, state));
+    }
+    (findings, roots)
+}
+
 /// Rule 1: a return that no function's walk reached and that lies outside every function.
-fn returns_outside_functions(ctx: &Ctx<'_, '_>) -> Vec<Finding> {
+/// Where the image's ORC table leaves the code undefined or marks the end of the stack, objtool
+/// walked it from an empty hint or not at all (kexec's relocate_kernel starts with
+/// UNWIND_HINT_EMPTY): the unwinder cannot pass there, and the return is counted, not reported.
+fn returns_outside_functions(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
     let mut out = Vec::new();
+    let mut unvalidated = 0;
     for (i, insn) in ctx.insns.list.iter().enumerate() {
         if insn.kind != Kind::Return {
             continue;
         }
         let seen = ctx.code_seen[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0;
-        if !seen && ctx.graph.func_at(insn.addr).is_none() {
+        if seen || ctx.graph.func_at(insn.addr).is_some() {
+            continue;
+        }
+        let orc_undefined = ctx
+            .tables
+            .orc
+            .as_ref()
+            .and_then(|o| o.lookup(insn.addr))
+            .is_some_and(|(_, e)| matches!(e.kind, OrcType::Undefined | OrcType::EndOfStack));
+        if orc_undefined {
+            unvalidated += 1;
+        } else {
             out.push(Finding::new(FindingKind::ReturnOutsideFunction, insn.addr));
         }
     }
-    out
+    (out, unvalidated)
 }
 
 /// Where a pending path picks up.
@@ -157,7 +218,12 @@ struct Pending {
 
 struct Walk<'c, 'a, 'data> {
     ctx: &'c Ctx<'a, 'data>,
+    /// The function walked; for a walk from an unwind hint in code outside functions, the
+    /// function nearest before it (used for names only).
     f: FuncId,
+    /// A walk of code outside functions from an ORC entry: unwind hints there set the state,
+    /// as objtool's hints did when it validated that code.
+    hint_walk: bool,
     /// Visited instructions of the function's own range.
     own: Vec<u64>,
     /// Visited instructions elsewhere (cold parts, other functions, code outside functions).
@@ -185,6 +251,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         Walk {
             ctx,
             f,
+            hint_walk: false,
             own: vec![0; ((func.end - func.first) as usize).div_ceil(64)],
             other: HashMap::default(),
             states: HashMap::default(),
@@ -218,6 +285,14 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
     }
 
     fn result(mut self, mut findings: Vec<Finding>) -> FuncResult {
+        // A finding in code the function does not own (shared thunks, another function's
+        // body) names the function whose path led there.
+        let g = self.ctx.graph;
+        for f in &mut findings {
+            if f.kind != FindingKind::FallsThrough && !g.in_region(Some(self.f), f.addr) {
+                f.message = format!("{} (on a path from {}())", f.message, g.func(self.f).name);
+            }
+        }
         findings.extend(self.orc_finding.take());
         FuncResult {
             func: self.f,
@@ -243,10 +318,26 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         }
     }
 
+    /// Walks code outside functions from one unwind hint.
+    fn run_hint(mut self, root: InsnId, state: Cfi) -> Vec<Finding> {
+        self.work.push(Pending {
+            id: root,
+            home: None,
+            state,
+            mode: Mode::Enter,
+        });
+        while let Some(p) = self.work.pop() {
+            if let Err(Stop(finding)) = self.path(p) {
+                return vec![finding];
+            }
+        }
+        Vec::new()
+    }
+
     /// Marks `id` visited; returns false if it already was.
     fn visit(&mut self, id: InsnId) -> bool {
         let func = self.ctx.graph.func(self.f);
-        if id >= func.first && id < func.end {
+        if !self.hint_walk && id >= func.first && id < func.end {
             let i = (id - func.first) as usize;
             let (w, b) = (i / 64, 1u64 << (i % 64));
             if self.own[w] & b != 0 {
@@ -301,6 +392,17 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 }
                 if home.is_none() {
                     ctx.code_seen[id as usize / 64].fetch_or(1 << (id % 64), Ordering::Relaxed);
+                    match ctx.tables.orc.as_ref().and_then(|o| o.at(insn.addr)) {
+                        // pt_regs frames and places with no unwind information are the
+                        // unwinder's business, not the call-frame rules'.
+                        Some(e) if e.kind != OrcType::Call => return Ok(()),
+                        Some(e) if self.hint_walk => {
+                            if let Some(hinted) = orc::hint_state(e) {
+                                state = hinted;
+                            }
+                        }
+                        _ => {}
+                    }
                 } else if let Some(orc) = ctx.orc {
                     self.verify_orc(orc, insn.addr, &state);
                 }
@@ -327,6 +429,17 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 return Err(Stop(Finding::new(FindingKind::CallWithoutFrame, insn.addr)));
             }
             if let Err(e) = state.apply(&insn.op) {
+                // objtool's exception: an rsp change it cannot follow is fine when the next
+                // instruction carries an unwind hint that says what the state is. In code
+                // outside functions the hints survive as ORC entries.
+                if home.is_none() {
+                    let next_hint = ctx.tables.orc.as_ref().and_then(|o| o.at(insn.end()));
+                    if let Some(hinted) = next_hint.and_then(orc::hint_state) {
+                        state = hinted;
+                        mode = Mode::FallFrom;
+                        continue;
+                    }
+                }
                 let kind = match e {
                     StackError::Undefined => FindingKind::UndefinedStackState,
                     StackError::Realign => FindingKind::UnsupportedRealignment,
@@ -350,10 +463,14 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                         return Ok(());
                     }
                 }
-                Step::Call(Dest::Local(t)) => {
-                    // A call to code of the same function (retpoline-style): the return
-                    // address stays on the stack for the code at the target.
+                Step::Call(Dest::Local(t)) | Step::Call(Dest::Code(t))
+                    if matches!(step, Step::Call(Dest::Local(_))) || home.is_none() =>
+                {
+                    // A call to code of the same function, or within code outside functions
+                    // (retpolines, RSB stuffing): the return address stays on the stack for
+                    // the code at the target, and nothing returns to after the call.
                     let mut pushed = state;
+                    pushed.intra = pushed.intra.saturating_add(1);
                     pushed
                         .apply(&crate::decode::StackOp {
                             kind: crate::decode::OpKind::Push,
@@ -394,14 +511,35 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     return Ok(());
                 }
                 Step::Dynamic => return self.sibling(insn.addr, &state),
-                Step::Return => {
+                Step::Return | Step::CondReturn if state.intra > 0 => {
+                    // The retpoline's `ret`: it pops the slot an intra-function call pushed
+                    // and overwrote with the target, so it is an indirect tail call made with
+                    // the frame as it was before that call.
+                    let mut popped = state;
+                    popped.intra -= 1;
+                    popped
+                        .apply(&crate::decode::StackOp {
+                            kind: crate::decode::OpKind::Pop,
+                            ..crate::decode::StackOp::NONE
+                        })
+                        .map_err(|_| {
+                            Stop(Finding::new(FindingKind::UndefinedStackState, insn.addr))
+                        })?;
+                    self.sibling(insn.addr, &popped)?;
+                    if step == Step::Return {
+                        return Ok(());
+                    }
+                }
+                Step::Return | Step::CondReturn => {
                     if state.modified() {
                         return Err(Stop(Finding::new(
                             FindingKind::ReturnModifiedFrame,
                             insn.addr,
                         )));
                     }
-                    return Ok(());
+                    if step == Step::Return {
+                        return Ok(());
+                    }
                 }
                 Step::DeadEnd => return Ok(()),
                 Step::ContextSwitch => {
@@ -437,6 +575,11 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             return Err(Stop(Finding::new(FindingKind::EndOfSection, insn.addr)));
         }
         let next_addr = insns.get(next).addr;
+        if self.hint_walk && home.is_none() {
+            // Code outside functions may run on into a function, as objtool allows.
+            let next_home = ctx.graph.func_at(next_addr).map(|g| ctx.graph.home(g));
+            return Ok((next, next_home));
+        }
         if !ctx.graph.in_region(home, next_addr) {
             let walked = ctx.graph.func(self.f).name;
             let next_name = ctx

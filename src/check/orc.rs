@@ -112,6 +112,28 @@ impl fmt::Display for ShowEntry<'_> {
     }
 }
 
+/// The state an unwind hint (a call-type ORC entry) describes, as the walk models it.
+pub fn hint_state(e: &OrcEntry) -> Option<Cfi> {
+    let mut c = Cfi::initial();
+    c.cfa.base = match e.sp_reg {
+        orc_reg::SP => reg::SP,
+        orc_reg::BP => reg::BP,
+        orc_reg::DI => reg::DI,
+        orc_reg::DX => reg::DX,
+        orc_reg::R10 => 10,
+        orc_reg::R13 => 13,
+        _ => return None,
+    };
+    c.cfa.off = e.sp_offset as i32;
+    c.stack_size = e.sp_offset as i32;
+    c.regs[reg::BP as usize] = match e.bp_reg {
+        orc_reg::UNDEFINED => super::state::Loc::UNDEFINED,
+        orc_reg::PREV_SP => super::state::Loc::new(CFA, e.bp_offset as i32),
+        _ => return None,
+    };
+    Some(c)
+}
+
 /// The outcome of checking one instruction against the table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {

@@ -71,6 +71,9 @@ pub struct Cfi {
     pub drap_reg: u8,
     pub drap_off: i32,
     pub drap: bool,
+    /// Return addresses pushed by calls into the same code (retpolines, RSB stuffing) and not
+    /// yet consumed: a `ret` with one outstanding jumps to whatever that slot now holds.
+    pub intra: u8,
 }
 
 /// An instruction whose effect on the stack cannot be modelled.
@@ -104,6 +107,7 @@ impl Cfi {
             drap_reg: UNDEF,
             drap_off: -1,
             drap: false,
+            intra: 0,
         }
     }
 
