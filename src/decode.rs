@@ -291,6 +291,28 @@ pub fn decode_into(addr: u64, bytes: &[u8], out: &mut Vec<Insn>) {
     let mut ins = Instruction::default();
     let mut pos = 0usize;
     while pos < bytes.len() {
+        // `ud2; .ascii "xen"` / `"kvm"` is the hypervisors' forced-emulation prefix
+        // (XEN_EMULATE_PREFIX, __KVM_EMULATE_PREFIX): the hypervisor traps it, emulates the
+        // instruction that follows and continues. It is one five-byte prefix, not a trap.
+        if bytes[pos] == 0x0f
+            && matches!(
+                bytes.get(pos + 1..pos + 5),
+                Some([0x0b, b'x', b'e', b'n'] | [0x0b, b'k', b'v', b'm'])
+            )
+        {
+            out.push(Insn {
+                addr: addr + pos as u64,
+                target: 0,
+                target_id: NO_INSN,
+                len: 5,
+                kind: Kind::Other,
+                op: StackOp::NONE,
+            });
+            pos += 5;
+            let _ = decoder.set_position(pos);
+            decoder.set_ip(addr + pos as u64);
+            continue;
+        }
         decoder.decode_out(&mut ins);
         if ins.is_invalid() {
             out.push(Insn {
@@ -675,6 +697,19 @@ mod tests {
             (OpKind::Store, reg::SP, 11, 0)
         );
         assert_eq!(op(&[0x48, 0x39, 0xc4]).kind, OpKind::None); // cmp %rax,%rsp
+    }
+
+    #[test]
+    fn hypervisor_emulation_prefix_is_one_instruction() {
+        let mut out = Vec::new();
+        // ud2; "xen"; cpuid
+        decode_into(BASE, &[0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2], &mut out);
+        assert_eq!(
+            out.iter().map(|i| (i.len, i.kind)).collect::<Vec<_>>(),
+            vec![(5, Kind::Other), (2, Kind::Other)]
+        );
+        // a plain ud2 stays a trap
+        assert_eq!(one(&[0x0f, 0x0b]).kind, Kind::Ud2);
     }
 
     #[test]

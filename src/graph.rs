@@ -111,6 +111,10 @@ pub struct Graph<'data> {
     targets: Vec<u64>,
     /// `noreturn[f]`: no path from f's entry returns to its caller.
     pub noreturn: Vec<bool>,
+    /// Code outside functions that functions call (assembly entry points), sorted, and
+    /// whether each never returns.
+    code_calls: Vec<InsnId>,
+    code_noreturn: Vec<bool>,
     /// How many rounds the noreturn fixed point took.
     pub noreturn_rounds: u32,
 }
@@ -166,6 +170,13 @@ impl<'data> Graph<'data> {
             }
             None => self.func_at(addr).is_none(),
         }
+    }
+
+    /// Whether a call to code outside functions at `t` never returns.
+    pub fn code_is_noreturn(&self, t: InsnId) -> bool {
+        self.code_calls
+            .binary_search(&t)
+            .is_ok_and(|k| self.code_noreturn.get(k).copied().unwrap_or(false))
     }
 
     pub fn edges_from(&self, f: FuncId) -> &[Edge] {
@@ -251,6 +262,8 @@ fn from_funcs<'data>(
         tables: HashMap::default(),
         targets: Vec::new(),
         noreturn: Vec::new(),
+        code_calls: Vec::new(),
+        code_noreturn: Vec::new(),
         noreturn_rounds: 0,
     };
 
@@ -258,7 +271,7 @@ fn from_funcs<'data>(
     let table_relocs = image.map(TableRelocs::new);
     let per_func: Vec<FuncScan> = (0..graph.funcs.len() as FuncId)
         .into_par_iter()
-        .map(|f| scan_function(&graph, image.zip(table_relocs.as_ref()), insns, f))
+        .map(|f| scan_function(&graph, image.zip(table_relocs.as_ref()), insns, tables, f))
         .collect();
     let mut edges = Vec::new();
     for (e, t) in per_func {
@@ -281,8 +294,10 @@ fn from_funcs<'data>(
     graph.callers = callers;
 
     graph.targets = branch_targets(insns, &graph.tables, tables);
-    let (noreturn, rounds) = infer_noreturn(&graph, insns, tables);
+    graph.code_calls = code_calls(&graph, insns);
+    let (noreturn, code_noreturn, rounds) = infer_noreturn(&graph, insns, tables);
     graph.noreturn = noreturn;
+    graph.code_noreturn = code_noreturn;
     graph.noreturn_rounds = rounds;
     graph
 }
@@ -407,6 +422,7 @@ fn scan_function(
     graph: &Graph<'_>,
     data: Option<(&Image<'_>, &TableRelocs)>,
     insns: &Insns,
+    kernel_tables: &Tables,
     f: FuncId,
 ) -> FuncScan {
     let func = graph.func(f);
@@ -416,6 +432,19 @@ fn scan_function(
     for id in func.first..func.end {
         let insn = insns.get(id);
         match insn.kind {
+            // `jmp __x86_indirect_thunk_<reg>` is `jmp *%reg` under retpolines; it may be a
+            // switch (or computed-goto) table dispatch like any indirect jump.
+            Kind::Jump if kernel_tables.flags(id) & kernel::RETPOLINE_SITE != 0 => {
+                let Some((image, relocs)) = data else {
+                    continue;
+                };
+                let Some(r) = thunk_register(image, insn.target) else {
+                    continue;
+                };
+                if let Some(t) = switch_table(graph, image, insns, relocs, f, id, r) {
+                    tables.push((id, t));
+                }
+            }
             Kind::Call | Kind::Jump | Kind::JumpCond => {
                 let (to, kind) = match graph.resolve_insn(insns, Some(home), insns.target(id)) {
                     Dest::Entry(g) if insn.kind == Kind::Call => (g, EdgeKind::Call),
@@ -441,7 +470,7 @@ fn scan_function(
                 let Some((image, relocs)) = data else {
                     continue;
                 };
-                if let Some(t) = switch_table(graph, image, insns, relocs, f, id) {
+                if let Some(t) = switch_table(graph, image, insns, relocs, f, id, insn.op.reg) {
                     tables.push((id, t));
                 }
             }
@@ -459,13 +488,18 @@ fn switch_table(
     relocs: &TableRelocs,
     f: FuncId,
     jump: InsnId,
+    reg: u8,
 ) -> Option<Box<[InsnId]>> {
     let insn = insns.get(jump);
     let func = graph.func(f);
-    let mut table = insn.target;
+    let mut table = if insn.kind == Kind::JumpIndirect {
+        insn.target
+    } else {
+        0
+    };
     if table == 0 {
         // `jmp *%reg`: look back a few instructions for the load from the table.
-        let r = insn.op.reg;
+        let r = reg;
         let lo = jump.saturating_sub(16).max(func.first);
         table = (lo..jump)
             .rev()
@@ -588,6 +622,17 @@ pub fn alt_exit(tables: &Tables, id: InsnId) -> Option<InsnId> {
     tables.alt_exits.get(&id).copied()
 }
 
+/// The register a retpoline thunk at `addr` jumps through (`__x86_indirect_thunk_rdx` -> rdx).
+fn thunk_register(image: &Image<'_>, addr: u64) -> Option<u8> {
+    let i = image.symbols.partition_point(|s| s.addr < addr);
+    image.symbols[i..]
+        .iter()
+        .take_while(|s| s.addr == addr)
+        .find_map(|s| s.name.strip_prefix("__x86_indirect_thunk_"))
+        .and_then(|r| crate::decode::reg::NAMES.iter().position(|&n| n == r))
+        .map(|r| r as u8)
+}
+
 /// What one instruction does to control flow, seen from the function being walked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -625,6 +670,9 @@ pub fn step(
     let insn = insns.get(id);
     let flags = tables.flags(id);
     if flags & (kernel::RETURN_SITE | kernel::RETPOLINE_SITE) != 0 {
+        if insn.kind == Kind::Jump && graph.tables.contains_key(&id) {
+            return Step::Table;
+        }
         match (insn.kind, flags & kernel::RETURN_SITE != 0) {
             (Kind::Jump, true) => return Step::Return,
             (Kind::JumpCond, true) => return Step::CondReturn,
@@ -655,51 +703,72 @@ pub fn step(
     }
 }
 
-/// Infers which functions never return, as the least fixed point of "some path from the
-/// entry reaches a return, a tail call to a returning function, or something we cannot
-/// follow". Unknown control flow counts as returning, so a mistake can only make a function
-/// look returning (more checking), never noreturn (hiding paths).
-fn infer_noreturn(graph: &Graph<'_>, insns: &Insns, tables: &Tables) -> (Vec<bool>, u32) {
+/// Call targets in code outside functions, called from function code.
+fn code_calls(graph: &Graph<'_>, insns: &Insns) -> Vec<InsnId> {
+    let mut out: Vec<InsnId> = insns
+        .list
+        .par_iter()
+        .filter(|i| i.kind == Kind::Call && i.target_id != crate::decode::NO_INSN)
+        .filter(|i| graph.func_at(i.target).is_none() && graph.func_at(i.addr).is_some())
+        .map(|i| i.target_id)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Infers which functions (and called code outside functions) never return, as the least
+/// fixed point of "some path from the entry reaches a return, a tail call to a returning
+/// function, or something we cannot follow". Unknown control flow counts as returning, so a
+/// mistake can only make a function look returning (more checking), never noreturn (hiding
+/// paths). Nodes are functions (`0..n`) and then called code labels (`n..`).
+fn infer_noreturn(
+    graph: &Graph<'_>,
+    insns: &Insns,
+    tables: &Tables,
+) -> (Vec<bool>, Vec<bool>, u32) {
     let n = graph.funcs.len();
-    let returns: Vec<AtomicBool> = graph
-        .funcs
-        .iter()
-        .map(|f| {
-            AtomicBool::new(matches!(
-                f.skip,
-                Some(Skip::Prefix | Skip::Orphan | Skip::OrcUndefined)
-            ))
+    let nodes = n + graph.code_calls.len();
+    let returns: Vec<AtomicBool> = (0..nodes)
+        .map(|i| {
+            AtomicBool::new(
+                i < n
+                    && matches!(
+                        graph.funcs[i].skip,
+                        Some(Skip::Prefix | Skip::Orphan | Skip::OrcUndefined)
+                    ),
+            )
         })
         .collect();
-    let mut pending: Vec<FuncId> = (0..n as FuncId)
-        .filter(|&f| graph.func(f).skip.is_none())
+    let mut pending: Vec<u32> = (0..nodes as u32)
+        .filter(|&i| i as usize >= n || graph.funcs[i as usize].skip.is_none())
         .collect();
-    let mut dependents: HashMap<FuncId, Vec<FuncId>> = HashMap::default();
+    let mut dependents: HashMap<u32, Vec<u32>> = HashMap::default();
     let mut rounds = 0;
     while !pending.is_empty() {
         rounds += 1;
-        let results: Vec<(FuncId, bool, Vec<FuncId>)> = pending
+        let results: Vec<(u32, bool, Vec<u32>)> = pending
             .par_iter()
-            .map(|&f| {
-                let (r, blockers) = may_return(graph, insns, tables, &returns, f);
+            .map(|&node| {
+                let (r, blockers) = may_return(graph, insns, tables, &returns, node);
                 if r {
-                    returns[f as usize].store(true, Ordering::Relaxed);
+                    returns[node as usize].store(true, Ordering::Relaxed);
                 }
-                (f, r, blockers)
+                (node, r, blockers)
             })
             .collect();
         let mut next = Vec::new();
-        for (f, r, blockers) in results {
+        for (node, r, blockers) in results {
             if r {
-                if let Some(d) = dependents.remove(&f) {
+                if let Some(d) = dependents.remove(&node) {
                     next.extend(d);
                 }
             } else {
                 for b in blockers {
                     if returns[b as usize].load(Ordering::Relaxed) {
-                        next.push(f);
+                        next.push(node);
                     } else {
-                        dependents.entry(b).or_default().push(f);
+                        dependents.entry(b).or_default().push(node);
                     }
                 }
             }
@@ -709,31 +778,48 @@ fn infer_noreturn(graph: &Graph<'_>, insns: &Insns, tables: &Tables) -> (Vec<boo
         next.retain(|&f| !returns[f as usize].load(Ordering::Relaxed));
         pending = next;
     }
-    let noreturn = returns
+    let noreturn = returns[..n]
         .iter()
         .zip(&graph.funcs)
         .map(|(r, f)| f.skip.is_none() && !r.load(Ordering::Relaxed))
         .collect();
-    (noreturn, rounds)
+    let code_noreturn = returns[n..]
+        .iter()
+        .map(|r| !r.load(Ordering::Relaxed))
+        .collect();
+    (noreturn, code_noreturn, rounds)
 }
 
-/// Whether some path from `f`'s entry returns, given what is known to return so far; and if
-/// not, the callees whose not-returning cut paths short.
+/// Whether some path from a node's entry returns, given what is known to return so far; and
+/// if not, the callees whose not-returning cut paths short.
 fn may_return(
     graph: &Graph<'_>,
     insns: &Insns,
     tables: &Tables,
     returns: &[AtomicBool],
-    f: FuncId,
-) -> (bool, Vec<FuncId>) {
-    let func = graph.func(f);
-    let Some(entry) = insns.at(func.addr) else {
-        return (true, Vec::new());
+    node: u32,
+) -> (bool, Vec<u32>) {
+    let n = graph.funcs.len();
+    let (entry, start_home) = if (node as usize) < n {
+        let func = graph.func(node);
+        let Some(entry) = insns.at(func.addr) else {
+            return (true, Vec::new());
+        };
+        (entry, Some(node))
+    } else {
+        (graph.code_calls[node as usize - n], None)
     };
-    let returning = |g: FuncId| returns[g as usize].load(Ordering::Relaxed);
+    let returning = |g: u32| returns[g as usize].load(Ordering::Relaxed);
+    let code_node = |t: InsnId| {
+        graph
+            .code_calls
+            .binary_search(&t)
+            .ok()
+            .map(|k| (n + k) as u32)
+    };
     let mut blockers = Vec::new();
     let mut seen = rustc_hash::FxHashSet::default();
-    let mut work = vec![(entry, Some(f))];
+    let mut work = vec![(entry, start_home)];
     let mut extra = Vec::new();
     while let Some((mut id, mut home)) = work.pop() {
         loop {
@@ -783,6 +869,20 @@ fn may_return(
                     if !returning(g) {
                         blockers.push(g);
                         break;
+                    }
+                }
+                // Within code outside functions a call to its own code pushes a slot the code
+                // consumes (retpolines, RSB stuffing): follow the target only.
+                Step::Call(Dest::Code(t)) if home.is_none() => {
+                    work.push((t, None));
+                    break;
+                }
+                Step::Call(Dest::Code(t)) => {
+                    if let Some(c) = code_node(t) {
+                        if !returning(c) {
+                            blockers.push(c);
+                            break;
+                        }
                     }
                 }
                 Step::Call(_) => {}

@@ -452,9 +452,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 Step::Next | Step::CallIndirect => {
                     // iretq in a function must pop a frame the function built itself
                     // (sync_core()'s iret-to-self); anything else leaves the function.
-                    if insn.kind == Kind::Iretq
-                        && (state.cfa.base != crate::decode::reg::SP || state.stack_size < 8)
-                    {
+                    if insn.kind == Kind::Iretq && state.stack_size < 8 {
                         return Err(Stop(Finding::new(FindingKind::KernelEntryExit, insn.addr)));
                     }
                 }
@@ -463,6 +461,9 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                         return Ok(());
                     }
                 }
+                Step::Call(Dest::Code(t)) if home.is_some() && ctx.graph.code_is_noreturn(t) => {
+                    return Ok(());
+                }
                 Step::Call(Dest::Local(t)) | Step::Call(Dest::Code(t))
                     if matches!(step, Step::Call(Dest::Local(_))) || home.is_none() =>
                 {
@@ -470,7 +471,6 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     // (retpolines, RSB stuffing): the return address stays on the stack for
                     // the code at the target, and nothing returns to after the call.
                     let mut pushed = state;
-                    pushed.intra = pushed.intra.saturating_add(1);
                     pushed
                         .apply(&crate::decode::StackOp {
                             kind: crate::decode::OpKind::Push,
@@ -479,6 +479,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                         .map_err(|_| {
                             Stop(Finding::new(FindingKind::UndefinedStackState, insn.addr))
                         })?;
+                    pushed.intra = pushed.stack_size;
                     self.work.push(Pending {
                         id: t,
                         home,
@@ -511,12 +512,14 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     return Ok(());
                 }
                 Step::Dynamic => return self.sibling(insn.addr, &state),
-                Step::Return | Step::CondReturn if state.intra > 0 => {
+                Step::Return | Step::CondReturn
+                    if state.intra != 0 && state.intra == state.stack_size =>
+                {
                     // The retpoline's `ret`: it pops the slot an intra-function call pushed
                     // and overwrote with the target, so it is an indirect tail call made with
                     // the frame as it was before that call.
                     let mut popped = state;
-                    popped.intra -= 1;
+                    popped.intra = 0;
                     popped
                         .apply(&crate::decode::StackOp {
                             kind: crate::decode::OpKind::Pop,
@@ -640,23 +643,46 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
     }
 
     /// The first instruction of the function (or its cold parts) no path reached, ignoring
-    /// padding: nops, int3 and ud2 that compilers and the linker place where nothing runs.
+    /// padding (nops, int3 and ud2 that compilers and the linker place where nothing runs) and
+    /// dead code right after a call to a function that never returns: the compiler emitted it
+    /// because it could not know (an inline-asm block that makes several calls, as
+    /// call_on_stack() does), and it is exactly the code objtool's hand-kept noreturn list
+    /// would have had it walk.
     fn first_unreachable(&self) -> Option<Finding> {
         let g = self.ctx.graph;
+        let insns = self.ctx.insns;
         let func = g.func(self.f);
         let padding = |k: Kind| matches!(k, Kind::Nop | Kind::Int3 | Kind::Ud2);
-        for id in func.first..func.end {
-            let i = (id - func.first) as usize;
-            let insn = self.ctx.insns.get(id);
-            if self.own[i / 64] & (1 << (i % 64)) == 0 && !padding(insn.kind) {
-                return Some(Finding::new(FindingKind::UnreachableInstruction, insn.addr));
+        let after_noreturn_call = |id: InsnId| {
+            id > 0 && {
+                let prev = insns.get(id - 1);
+                prev.kind == Kind::Call
+                    && prev.end() == insns.get(id).addr
+                    && match g.resolve_insn(insns, Some(self.f), insns.target(id - 1)) {
+                        Dest::Entry(callee) => g.noreturn[callee as usize],
+                        Dest::Code(t) => g.code_is_noreturn(t),
+                        _ => false,
+                    }
             }
-        }
-        for &c in g.cold_parts(self.f) {
-            let cf = g.func(c);
-            for id in cf.first..cf.end {
-                let insn = self.ctx.insns.get(id);
-                if !self.other.contains_key(&id) && !padding(insn.kind) {
+        };
+        let ranges = std::iter::once(self.f).chain(g.cold_parts(self.f).iter().copied());
+        for part in ranges {
+            let pf = g.func(part);
+            let mut dead_run = false;
+            for id in pf.first..pf.end {
+                let seen = if part == self.f {
+                    let i = (id - func.first) as usize;
+                    self.own[i / 64] & (1 << (i % 64)) != 0
+                } else {
+                    self.other.contains_key(&id)
+                };
+                if seen {
+                    dead_run = false;
+                    continue;
+                }
+                dead_run = dead_run || after_noreturn_call(id);
+                let insn = insns.get(id);
+                if !dead_run && !padding(insn.kind) {
                     return Some(Finding::new(FindingKind::UnreachableInstruction, insn.addr));
                 }
             }

@@ -71,9 +71,10 @@ pub struct Cfi {
     pub drap_reg: u8,
     pub drap_off: i32,
     pub drap: bool,
-    /// Return addresses pushed by calls into the same code (retpolines, RSB stuffing) and not
-    /// yet consumed: a `ret` with one outstanding jumps to whatever that slot now holds.
-    pub intra: u8,
+    /// The stack size right after the latest call into the same code (a retpoline's or the
+    /// RSB-stuffing loop's), or 0: a `ret` at exactly that depth pops that call's slot, which
+    /// the code overwrote with the real target. An `add $N,%rsp` below it retires the slot.
+    pub intra: i32,
 }
 
 /// An instruction whose effect on the stack cannot be modelled.
@@ -193,6 +194,9 @@ impl Cfi {
         self.stack_size += bytes;
         if self.cfa.base == reg::SP {
             self.cfa.off += bytes;
+        }
+        if self.stack_size < self.intra {
+            self.intra = 0;
         }
     }
 
