@@ -40,6 +40,8 @@ pub enum Kind {
     Halt,
     /// `mov table(,%idx,8), %reg`: a load that may feed an indirect jump through a switch table.
     TableLoad,
+    /// `ljmp`: a jump to another code segment (real mode, 32-bit code): it never comes back.
+    FarJump,
     Invalid,
 }
 
@@ -393,6 +395,7 @@ pub fn classify(ins: &Instruction) -> Insn {
             FlowControl::Call => Kind::Call,
             FlowControl::IndirectCall => Kind::CallIndirect,
             FlowControl::UnconditionalBranch => Kind::Jump,
+            FlowControl::IndirectBranch if ins.is_jmp_far_indirect() => Kind::FarJump,
             FlowControl::IndirectBranch => Kind::JumpIndirect,
             FlowControl::ConditionalBranch => Kind::JumpCond,
             FlowControl::Return => Kind::Return,
@@ -408,10 +411,10 @@ pub fn classify(ins: &Instruction) -> Insn {
                 insn.target = ins.near_branch_target();
             } else {
                 // Far branches: no target we can follow.
-                insn.kind = if insn.kind == Kind::Call {
-                    Kind::CallIndirect
-                } else {
-                    Kind::JumpIndirect
+                insn.kind = match insn.kind {
+                    Kind::Call => Kind::CallIndirect,
+                    _ if ins.is_jmp_far() || ins.is_jmp_far_indirect() => Kind::FarJump,
+                    _ => Kind::JumpIndirect,
                 };
             }
         }

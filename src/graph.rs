@@ -36,6 +36,13 @@ pub enum Skip {
     /// (STACK_FRAME_NON_STANDARD, or an object file built with OBJECT_FILES_NON_STANDARD), so
     /// the kernel's unwinder stops there and reports any trace through it as unreliable.
     OrcUndefined,
+    /// On the built-in list of genuinely non-standard kernel code ([`crate::known`]) or the
+    /// user's `--allow` list.
+    NonStandard,
+    /// A `.cold` part jumped to only from code no symbol covers: the body of a `__weak`
+    /// function the linker replaced, left in place. objtool's link mode ignores such holes
+    /// and the cold parts they jump to, and so does stackval.
+    DeadCode,
 }
 
 #[derive(Clone, Debug)]
@@ -230,6 +237,11 @@ fn from_funcs<'data>(
     tables: &Tables,
 ) -> Graph<'data> {
     link_cold_parts(&mut funcs, insns);
+    for f in funcs.iter_mut().filter(|f| f.skip.is_none()) {
+        if crate::known::non_standard(f.name).is_some() {
+            f.skip = Some(Skip::NonStandard);
+        }
+    }
     if let Some(orc) = tables.orc.as_ref() {
         for f in funcs.iter_mut().filter(|f| f.skip.is_none()) {
             if orc.undefined_over(f.addr, f.end_addr()) {
@@ -358,12 +370,41 @@ pub fn cold_parent_name(name: &str) -> Option<&str> {
     .then_some(&name[..i])
 }
 
-/// Links every `.cold` part to its parent. Static functions can share a name across files, so
-/// when several functions carry the parent's name, the one that jumps into the part wins.
+/// Links every `.cold` part to its parent: the function that jumps into it. gcc names a part
+/// after the function its code came from, which after inlining need not be the one that
+/// jumps to it (`ftrace_replace_code.cold` is entered from `ftrace_process_locs()`), and static
+/// functions can share names across files; the name only breaks ties and stands in when no
+/// jump is found.
 fn link_cold_parts(funcs: &mut [Func<'_>], insns: &Insns) {
+    let is_cold: Vec<bool> = funcs
+        .iter()
+        .map(|f| cold_parent_name(f.name).is_some())
+        .collect();
+    if !is_cold.iter().any(|&c| c) {
+        return;
+    }
+    let func_at = |addr: u64| -> Option<usize> {
+        let i = funcs.partition_point(|f| f.addr <= addr);
+        (i > 0 && funcs[i - 1].contains(addr)).then(|| i - 1)
+    };
+    // (cold part, jumping function), with usize::MAX for a jump from code no symbol covers.
+    let mut jumps: Vec<(usize, usize)> = insns
+        .list
+        .par_iter()
+        .filter(|i| {
+            matches!(i.kind, Kind::Jump | Kind::JumpCond) && i.target_id != crate::decode::NO_INSN
+        })
+        .filter_map(|i| {
+            let c = func_at(i.target)?;
+            let from = func_at(i.addr).unwrap_or(usize::MAX);
+            (is_cold[c] && from != c && (from == usize::MAX || !is_cold[from])).then_some((c, from))
+        })
+        .collect();
+    jumps.sort_unstable();
+    jumps.dedup();
     let mut by_name: HashMap<&str, Vec<FuncId>> = HashMap::default();
     for (i, f) in funcs.iter().enumerate() {
-        if cold_parent_name(f.name).is_none() {
+        if !is_cold[i] {
             by_name.entry(f.name).or_default().push(i as FuncId);
         }
     }
@@ -371,19 +412,24 @@ fn link_cold_parts(funcs: &mut [Func<'_>], insns: &Insns) {
         let Some(parent_name) = cold_parent_name(funcs[i].name) else {
             continue;
         };
-        let (lo, hi) = (funcs[i].addr, funcs[i].end_addr());
-        let candidates = by_name.get(parent_name).map(Vec::as_slice).unwrap_or(&[]);
-        let jumps_in = |p: FuncId| {
-            let pf = &funcs[p as usize];
-            insns.list[pf.first as usize..pf.end as usize]
-                .iter()
-                .any(|x| x.is_branch() && x.kind != Kind::Call && x.target >= lo && x.target < hi)
-        };
-        let parent = match candidates {
-            [] => None,
-            [one] => Some(*one),
-            many => many.iter().copied().find(|&p| jumps_in(p)),
-        };
+        let lo = jumps.partition_point(|&(c, _)| c < i);
+        let hi = jumps.partition_point(|&(c, _)| c <= i);
+        let jumpers: Vec<FuncId> = jumps[lo..hi]
+            .iter()
+            .filter(|&&(_, f)| f != usize::MAX)
+            .map(|&(_, f)| f as FuncId)
+            .collect();
+        if jumpers.is_empty() && hi > lo {
+            funcs[i].skip = Some(Skip::DeadCode);
+            continue;
+        }
+        let named = by_name.get(parent_name).map(Vec::as_slice).unwrap_or(&[]);
+        let parent = jumpers
+            .iter()
+            .copied()
+            .find(|j| named.contains(j))
+            .or_else(|| jumpers.first().copied())
+            .or_else(|| (named.len() == 1).then(|| named[0]));
         funcs[i].parent = parent;
         funcs[i].skip = Some(if parent.is_some() {
             Skip::ColdPart
@@ -657,6 +703,9 @@ pub enum Step {
     /// ud2 or int3: execution never continues past it.
     DeadEnd,
     ContextSwitch,
+    /// A far jump to another mode (real mode, 32-bit code): a tail call for the rules, and
+    /// unknown flow for noreturn inference (the EFI thunk far-jumps out and back).
+    FarJump,
     Invalid,
 }
 
@@ -696,6 +745,7 @@ pub fn step(
         // after a return or jump no path reaches it.
         Kind::Int3 => Step::Next,
         Kind::ContextSwitch => Step::ContextSwitch,
+        Kind::FarJump => Step::FarJump,
         Kind::Invalid => Step::Invalid,
         // iretq inside a function is sync_core()'s iret-to-self: it continues with the next
         // instruction. Its stack effect is checked by the state walk.
@@ -731,17 +781,30 @@ fn infer_noreturn(
     let nodes = n + graph.code_calls.len();
     let returns: Vec<AtomicBool> = (0..nodes)
         .map(|i| {
+            // Functions not validated still have bodies to infer noreturn from; only
+            // padding and parentless cold parts are assumed to return.
             AtomicBool::new(
                 i < n
                     && matches!(
                         graph.funcs[i].skip,
-                        Some(Skip::Prefix | Skip::Orphan | Skip::OrcUndefined)
+                        Some(Skip::Prefix | Skip::Orphan | Skip::DeadCode)
                     ),
             )
         })
         .collect();
+    // The compiler's own word: gcc emits nothing after a call to a `__noreturn` function, so a
+    // call that ends exactly where its function's symbol ends declares its callee noreturn.
+    // This covers callees whose bodies leave in ways no walk can follow (machine_real_restart()
+    // far-jumps into real-mode code).
+    let declared = declared_noreturn(graph, insns);
     let mut pending: Vec<u32> = (0..nodes as u32)
-        .filter(|&i| i as usize >= n || graph.funcs[i as usize].skip.is_none())
+        .filter(|&i| {
+            i as usize >= n
+                || matches!(
+                    graph.funcs[i as usize].skip,
+                    None | Some(Skip::OrcUndefined | Skip::NonStandard)
+                )
+        })
         .collect();
     let mut dependents: HashMap<u32, Vec<u32>> = HashMap::default();
     let mut rounds = 0;
@@ -750,6 +813,9 @@ fn infer_noreturn(
         let results: Vec<(u32, bool, Vec<u32>)> = pending
             .par_iter()
             .map(|&node| {
+                if declared.binary_search(&node).is_ok() {
+                    return (node, false, Vec::new());
+                }
                 let (r, blockers) = may_return(graph, insns, tables, &returns, node);
                 if r {
                     returns[node as usize].store(true, Ordering::Relaxed);
@@ -781,13 +847,45 @@ fn infer_noreturn(
     let noreturn = returns[..n]
         .iter()
         .zip(&graph.funcs)
-        .map(|(r, f)| f.skip.is_none() && !r.load(Ordering::Relaxed))
+        .map(|(r, f)| {
+            matches!(f.skip, None | Some(Skip::OrcUndefined | Skip::NonStandard))
+                && !r.load(Ordering::Relaxed)
+        })
         .collect();
     let code_noreturn = returns[n..]
         .iter()
         .map(|r| !r.load(Ordering::Relaxed))
         .collect();
     (noreturn, code_noreturn, rounds)
+}
+
+/// Nodes called by the last instruction of some function or `.cold` part, sorted.
+fn declared_noreturn(graph: &Graph<'_>, insns: &Insns) -> Vec<u32> {
+    let n = graph.funcs.len();
+    let mut out: Vec<u32> = graph
+        .funcs
+        .par_iter()
+        .filter(|f| f.end > f.first && f.skip != Some(Skip::Prefix))
+        .filter_map(|f| {
+            let last = f.end - 1;
+            let insn = insns.get(last);
+            if insn.kind != Kind::Call || insn.end() != f.end_addr() {
+                return None;
+            }
+            match graph.resolve_insn(insns, None, insns.target(last)) {
+                Dest::Entry(g) => Some(g),
+                Dest::Code(t) => graph
+                    .code_calls
+                    .binary_search(&t)
+                    .ok()
+                    .map(|k| (n + k) as u32),
+                _ => None,
+            }
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// Whether some path from a node's entry returns, given what is known to return so far; and
@@ -886,7 +984,10 @@ fn may_return(
                     }
                 }
                 Step::Call(_) => {}
-                Step::DeadEnd | Step::ContextSwitch => break,
+                Step::DeadEnd => break,
+                // A far jump or far return may come back: the EFI thunk leaves for 32-bit
+                // code with `lretq` and returns through a trampoline no walk can see.
+                Step::FarJump | Step::ContextSwitch => return (true, blockers),
             }
             // Fall through to the next instruction; leaving the function's code that way is
             // something we cannot follow meaningfully, so it counts as returning.

@@ -32,6 +32,10 @@ pub const RETURN_SITE: u8 = 32;
 /// Listed in `.retpoline_sites`: a call or jump through `__x86_indirect_thunk_*`, an
 /// indirect call or tail call written as a direct branch.
 pub const RETPOLINE_SITE: u8 = 64;
+/// Inside an alternative's original instructions, after the first: objtool (6.x) merges the
+/// unwind states of all of a group's versions by offset, so the ORC entry here may describe
+/// a replacement instead.
+pub const ALT_BODY: u8 = 128;
 
 /// One alternative for the instructions `orig..orig_end`.
 #[derive(Clone, Copy, Debug)]
@@ -266,6 +270,9 @@ fn alternatives(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
             continue;
         };
         t.flags[o as usize] |= ALT_START;
+        for b in o + 1..end {
+            t.flags[b as usize] |= ALT_BODY;
+        }
         t.alts.entry(o).or_default().push(Alt {
             repl: repl_id,
             orig_end: end,

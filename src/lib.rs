@@ -18,6 +18,7 @@ pub mod decode;
 pub mod graph;
 pub mod image;
 pub mod kernel;
+pub mod known;
 pub mod report;
 
 use std::fs::File;
@@ -144,11 +145,19 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
         .map(|s| (s.addr, s.addr + s.size))
         .collect();
     sections.sort_unstable();
+    let mut unhinted: Vec<(u64, u64)> = image
+        .exec_sections()
+        .filter(|s| s.name == ".altinstr_replacement" || s.name == ".altinstr_aux")
+        .map(|s| (s.addr, s.addr + s.size))
+        .collect();
+    unhinted.extend(symbol_holes(&image));
+    unhinted.sort_unstable();
     let outcome = check::run(
         &insns,
         &graph,
         &tables,
         &sections,
+        &unhinted,
         check::Config {
             frame_pointer,
             verify_orc,
@@ -203,6 +212,35 @@ pub fn decode_only(path: &Path) -> Result<(usize, u64, f64), InputError> {
     let image = Image::parse(path, &map)?;
     let insns = decode::decode_image(&image);
     Ok((insns.len(), insns.bytes, start.elapsed().as_secs_f64()))
+}
+
+/// Code right after a function that no symbol covers up to the next symbol: what is left of a
+/// `__weak` function the linker replaced. Alignment padding lies there too, harmlessly.
+fn symbol_holes(image: &Image<'_>) -> Vec<(u64, u64)> {
+    let mut holes = Vec::new();
+    let syms = &image.symbols;
+    let mut covered_to = 0u64;
+    for (i, s) in syms.iter().enumerate() {
+        let sec = &image.sections[s.section as usize];
+        if !sec.exec {
+            continue;
+        }
+        if s.kind == image::SymKind::Func && s.size > 0 {
+            let end = s.addr + s.size;
+            covered_to = covered_to.max(end);
+            let next = syms[i + 1..]
+                .iter()
+                .find(|n| n.addr >= end || n.section != s.section)
+                .filter(|n| n.section == s.section)
+                .map_or(sec.addr + sec.size, |n| n.addr);
+            if next > end && covered_to <= end {
+                holes.push((end, next));
+            }
+        }
+    }
+    holes.sort_unstable();
+    holes.dedup();
+    holes
 }
 
 /// Describes one function's place in the call graph, for `stackval graph`.

@@ -62,6 +62,9 @@ struct CheckArgs {
     /// Do not verify the ORC table.
     #[arg(long, overrides_with = "orc")]
     no_orc: bool,
+    /// Functions to skip as non-standard, one `function  reason` per line.
+    #[arg(long, value_name = "FILE")]
+    allow: Option<PathBuf>,
     /// Print findings only: no summary line.
     #[arg(short, long)]
     quiet: bool,
@@ -139,6 +142,18 @@ fn check(args: CheckArgs) -> ExitCode {
         eprintln!("stackval: cannot start worker threads: {e}");
         return ExitCode::from(2);
     }
+    if let Some(path) = &args.allow {
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| stackval::known::parse_allow(&t));
+        match parsed {
+            Ok(entries) => stackval::known::set_allow(entries),
+            Err(e) => {
+                eprintln!("stackval: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
     let frame_pointer = match (args.frame_pointer, args.no_frame_pointer) {
         (true, _) => Some(true),
         (_, true) => Some(false),
@@ -181,14 +196,15 @@ fn check(args: CheckArgs) -> ExitCode {
         if let Some(o) = &s.orc_verified {
             let checked = o.confirmed + o.mismatched;
             eprintln!(
-                "stackval: orc: {} of {} instructions confirmed ({:.3}%), {} mismatched, {} uncovered, {} undefined, {} regs hints",
+                "stackval: orc: {} of {} instructions confirmed ({:.3}%), {} mismatched, {} uncovered, {} undefined, {} regs hints, {} in alternative groups",
                 o.confirmed,
                 checked,
                 100.0 * o.confirmed as f64 / checked.max(1) as f64,
                 o.mismatched,
                 o.uncovered,
                 o.undefined,
-                o.regs_hints
+                o.regs_hints,
+                o.alt_group
             );
         }
         if args.time {

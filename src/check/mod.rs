@@ -69,6 +69,10 @@ struct Ctx<'a, 'data> {
     orc: Option<&'a Orc>,
     /// Executable section ranges, sorted: an ORC entry only covers code in its own section.
     sections: &'a [(u64, u64)],
+    /// `.altinstr_replacement` and `.altinstr_aux` (code reached only through alternatives),
+    /// and holes: code after a function that no symbol covers, the bodies of `__weak`
+    /// functions the linker replaced (objtool's link mode ignores them too). Sorted.
+    sections_unhinted: &'a [(u64, u64)],
     /// Instructions outside any function that some walk reached.
     code_seen: Vec<AtomicU64>,
 }
@@ -78,6 +82,7 @@ pub fn run(
     graph: &Graph<'_>,
     tables: &Tables,
     sections: &[(u64, u64)],
+    sections_unhinted: &[(u64, u64)],
     cfg: Config,
     progress: Option<&ProgressBar>,
 ) -> Outcome {
@@ -88,6 +93,7 @@ pub fn run(
         cfg,
         orc: tables.orc.as_ref().filter(|_| cfg.verify_orc),
         sections,
+        sections_unhinted,
         code_seen: (0..insns.len().div_ceil(64))
             .map(|_| AtomicU64::new(0))
             .collect(),
@@ -128,6 +134,11 @@ pub fn run(
     }
 }
 
+fn in_ranges(ranges: &[(u64, u64)], addr: u64) -> bool {
+    let i = ranges.partition_point(|r| r.0 <= addr);
+    i > 0 && addr < ranges[i - 1].1
+}
+
 /// Walks code outside functions that no function reaches, from the unwind hints objtool left
 /// in the ORC table (call-type entries, as UNWIND_HINT_FUNC writes): the thunks and entry
 /// code objtool validated only from such hints. Roots go in address order, one at a time, and
@@ -144,6 +155,11 @@ fn hint_walks(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
             continue;
         }
         let Some(id) = ctx.insns.at(ip) else { continue };
+        // Entries in replacement code are objtool's states for it at its original site, not
+        // hints: that code is walked from the alternative that uses it.
+        if in_ranges(ctx.sections_unhinted, ip) {
+            continue;
+        }
         if ctx.graph.func_at(ip).is_some()
             || ctx.code_seen[id as usize / 64].load(Ordering::Relaxed) & (1 << (id % 64)) != 0
         {
@@ -177,7 +193,10 @@ fn returns_outside_functions(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
             continue;
         }
         let seen = ctx.code_seen[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0;
-        if seen || ctx.graph.func_at(insn.addr).is_some() {
+        if seen
+            || ctx.graph.func_at(insn.addr).is_some()
+            || in_ranges(ctx.sections_unhinted, insn.addr)
+        {
             continue;
         }
         let orc_undefined = ctx
@@ -307,7 +326,17 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         let secs = self.ctx.sections;
         let i = secs.partition_point(|s| s.0 <= addr);
         let section = if i > 0 { secs[i - 1] } else { (0, 0) };
-        let verdict = orc::verify(orc, addr, section, state);
+        let mut verdict = orc::verify(orc, addr, section, state);
+        if matches!(verdict, Verdict::Mismatch(_)) {
+            let in_alt_body = self
+                .ctx
+                .insns
+                .at(addr)
+                .is_some_and(|id| self.ctx.tables.flags(id) & crate::kernel::ALT_BODY != 0);
+            if in_alt_body {
+                verdict = Verdict::AltGroup;
+            }
+        }
         self.orc.count(&verdict);
         if self.orc_finding.is_none() {
             self.orc_finding = match verdict {
@@ -511,7 +540,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     }
                     return Ok(());
                 }
-                Step::Dynamic => return self.sibling(insn.addr, &state),
+                Step::Dynamic | Step::FarJump => return self.sibling(insn.addr, &state),
                 Step::Return | Step::CondReturn
                     if state.intra != 0 && state.intra == state.stack_size =>
                 {

@@ -147,6 +147,9 @@ pub enum Verdict {
     Undefined,
     /// A REGS or REGS_PARTIAL entry: an unwind hint for code with a pt_regs frame.
     RegsHint,
+    /// A disagreement inside an alternative's original instructions, where the entry may
+    /// describe a replacement (see `kernel::ALT_BODY`).
+    AltGroup,
 }
 
 /// Per-walk tallies.
@@ -157,6 +160,7 @@ pub struct OrcStats {
     pub uncovered: u64,
     pub undefined: u64,
     pub regs_hints: u64,
+    pub alt_group: u64,
 }
 
 impl OrcStats {
@@ -166,6 +170,7 @@ impl OrcStats {
         self.uncovered += o.uncovered;
         self.undefined += o.undefined;
         self.regs_hints += o.regs_hints;
+        self.alt_group += o.alt_group;
     }
 
     pub fn count(&mut self, v: &Verdict) {
@@ -175,6 +180,7 @@ impl OrcStats {
             Verdict::Uncovered => self.uncovered += 1,
             Verdict::Undefined => self.undefined += 1,
             Verdict::RegsHint => self.regs_hints += 1,
+            Verdict::AltGroup => self.alt_group += 1,
         }
     }
 }
