@@ -408,8 +408,8 @@ fn link_cold_parts(funcs: &mut [Func<'_>], insns: &Insns) {
             by_name.entry(f.name).or_default().push(i as FuncId);
         }
     }
-    for i in 0..funcs.len() {
-        let Some(parent_name) = cold_parent_name(funcs[i].name) else {
+    for (i, func) in funcs.iter_mut().enumerate() {
+        let Some(parent_name) = cold_parent_name(func.name) else {
             continue;
         };
         let lo = jumps.partition_point(|&(c, _)| c < i);
@@ -420,7 +420,7 @@ fn link_cold_parts(funcs: &mut [Func<'_>], insns: &Insns) {
             .map(|&(_, f)| f as FuncId)
             .collect();
         if jumpers.is_empty() && hi > lo {
-            funcs[i].skip = Some(Skip::DeadCode);
+            func.skip = Some(Skip::DeadCode);
             continue;
         }
         let named = by_name.get(parent_name).map(Vec::as_slice).unwrap_or(&[]);
@@ -430,8 +430,8 @@ fn link_cold_parts(funcs: &mut [Func<'_>], insns: &Insns) {
             .find(|j| named.contains(j))
             .or_else(|| jumpers.first().copied())
             .or_else(|| (named.len() == 1).then(|| named[0]));
-        funcs[i].parent = parent;
-        funcs[i].skip = Some(if parent.is_some() {
+        func.parent = parent;
+        func.skip = Some(if parent.is_some() {
             Skip::ColdPart
         } else {
             Skip::Orphan
