@@ -96,8 +96,11 @@ pub enum Dest {
     Entry(FuncId),
     /// The middle of another function.
     Into(FuncId, InsnId),
-    /// Code that belongs to no function (assembly entry code, thunks).
+    /// Code that belongs to no function (assembly entry code, thunks), at no symbol.
     Code(InsnId),
+    /// A global label in code outside functions. objtool takes a jump there from a function as
+    /// a tail call (it resolves the jump against the symbol), and so does stackval.
+    Label(InsnId),
     /// No instruction starts there.
     Nowhere,
 }
@@ -122,6 +125,10 @@ pub struct Graph<'data> {
     /// whether each never returns.
     code_calls: Vec<InsnId>,
     code_noreturn: Vec<bool>,
+    /// Addresses of named symbols in code outside functions, sorted.
+    labels: Vec<u64>,
+    /// `__x86_return_thunk`: a jump there is a return, as in objtool.
+    return_thunk: Option<InsnId>,
     /// How many rounds the noreturn fixed point took.
     pub noreturn_rounds: u32,
 }
@@ -210,6 +217,9 @@ impl<'data> Graph<'data> {
         };
         let target = insns.get(id).addr;
         let Some(f) = self.func_at(target) else {
+            if self.labels.binary_search(&target).is_ok() {
+                return Dest::Label(id);
+            }
             return Dest::Code(id);
         };
         let func = self.func(f);
@@ -276,8 +286,36 @@ fn from_funcs<'data>(
         noreturn: Vec::new(),
         code_calls: Vec::new(),
         code_noreturn: Vec::new(),
+        labels: Vec::new(),
+        return_thunk: None,
         noreturn_rounds: 0,
     };
+
+    if let Some(image) = image {
+        let mut labels: Vec<u64> = image
+            .symbols
+            .iter()
+            // Only global symbols: gas resolves a jump to a local label itself, without a
+            // relocation, so objtool followed those.
+            .filter(|s| {
+                s.kind == SymKind::NoType && s.global && image.sections[s.section as usize].exec
+            })
+            // Linker-script boundary markers (`_einittext` at the start of .altinstr_aux,
+            // `__*_start`/`__*_end`) share addresses with code but are not entry points:
+            // objtool saw section-relative relocations there and followed them.
+            .filter(|s| {
+                s.addr != image.sections[s.section as usize].addr && !is_boundary_marker(s.name)
+            })
+            .map(|s| s.addr)
+            .filter(|&a| graph.func_at(a).is_none())
+            .collect();
+        labels.sort_unstable();
+        labels.dedup();
+        graph.labels = labels;
+        graph.return_thunk = image
+            .symbol("__x86_return_thunk")
+            .and_then(|s| insns.at(s.addr));
+    }
 
     // Edges and switch tables, one function at a time in parallel, merged in order.
     let table_relocs = image.map(TableRelocs::new);
@@ -357,6 +395,17 @@ fn collect_funcs<'data>(image: &Image<'data>, insns: &Insns) -> Vec<Func<'data>>
 
 fn is_prefix(name: &str) -> bool {
     name.starts_with("__pfx_") || name.starts_with("__cfi_")
+}
+
+fn is_boundary_marker(name: &str) -> bool {
+    name.starts_with("__start_")
+        || name.starts_with("__stop_")
+        || name.ends_with("_start")
+        || name.ends_with("_end")
+        || matches!(
+            name,
+            "_stext" | "_etext" | "_sinittext" | "_einittext" | "_text"
+        )
 }
 
 /// The parent's name of a `.cold` part: `foo` for `foo.cold` and `foo.cold.12`.
@@ -638,6 +687,7 @@ pub fn table_paths(
     // Table destinations are followed, never taken as tail calls.
     let into = |t: InsnId| match graph.resolve_insn(insns, home, Some(t)) {
         Dest::Entry(g) => Dest::Into(g, t),
+        Dest::Label(t) => Dest::Code(t),
         d => d,
     };
     if flags & kernel::JUMP_LABEL != 0 {
@@ -657,6 +707,11 @@ pub fn table_paths(
             });
         }
     }
+}
+
+/// Whether the original instructions at `id` are left unwalked (see `kernel::Alt::skip_orig`).
+pub fn skips_original(tables: &Tables, id: InsnId) -> bool {
+    tables.flags(id) & kernel::ALT_START != 0 && tables.alts[&id].iter().any(|a| a.skip_orig)
 }
 
 /// Where execution continues after falling off the end of `id`, if that is not simply the
@@ -727,6 +782,13 @@ pub fn step(
             (Kind::JumpCond, true) => return Step::CondReturn,
             (Kind::Jump, false) => return Step::Dynamic,
             (Kind::Call, false) => return Step::CallIndirect,
+            _ => {}
+        }
+    }
+    if graph.return_thunk.is_some() && insns.target(id) == graph.return_thunk && home.is_some() {
+        match insn.kind {
+            Kind::Jump => return Step::Return,
+            Kind::JumpCond => return Step::CondReturn,
             _ => {}
         }
     }
@@ -874,7 +936,7 @@ fn declared_noreturn(graph: &Graph<'_>, insns: &Insns) -> Vec<u32> {
             }
             match graph.resolve_insn(insns, None, insns.target(last)) {
                 Dest::Entry(g) => Some(g),
-                Dest::Code(t) => graph
+                Dest::Code(t) | Dest::Label(t) => graph
                     .code_calls
                     .binary_search(&t)
                     .ok()
@@ -929,6 +991,9 @@ fn may_return(
                     Dest::Local(t) => work.push((t, home)),
                     Dest::Into(g, t) => work.push((t, Some(graph.home(g)))),
                     Dest::Code(t) => work.push((t, None)),
+                    // A tail call to a label is followed only from code outside functions.
+                    Dest::Label(t) if home.is_none() => work.push((t, None)),
+                    Dest::Label(_) => return Some(true),
                     Dest::Entry(g) if returning(g) => return Some(true),
                     Dest::Entry(g) => blockers.push(g),
                     Dest::Nowhere => return Some(true),
@@ -941,6 +1006,9 @@ fn may_return(
                 if go(d, &mut work) == Some(true) {
                     return (true, blockers);
                 }
+            }
+            if skips_original(tables, id) {
+                break;
             }
             match step(insns, graph, tables, home, id) {
                 Step::Next | Step::CallIndirect => {}
@@ -971,11 +1039,11 @@ fn may_return(
                 }
                 // Within code outside functions a call to its own code pushes a slot the code
                 // consumes (retpolines, RSB stuffing): follow the target only.
-                Step::Call(Dest::Code(t)) if home.is_none() => {
+                Step::Call(Dest::Code(t) | Dest::Label(t)) if home.is_none() => {
                     work.push((t, None));
                     break;
                 }
-                Step::Call(Dest::Code(t)) => {
+                Step::Call(Dest::Code(t) | Dest::Label(t)) => {
                     if let Some(c) = code_node(t) {
                         if !returning(c) {
                             blockers.push(c);

@@ -44,7 +44,14 @@ pub struct Alt {
     pub repl: Option<InsnId>,
     /// Where execution continues after the original instructions.
     pub orig_end: InsnId,
+    /// The original instructions are not validated, as objtool does not: the !POPCNT
+    /// fallback `call __sw_hweight*` (tools/objtool/arch/x86/special.c), a call without a
+    /// frame that the kernel accepts because __sw_hweight preserves every register.
+    pub skip_orig: bool,
 }
+
+/// `X86_FEATURE_POPCNT` (arch/x86/include/asm/cpufeatures.h: word 4, bit 23).
+const X86_FEATURE_POPCNT: u16 = 4 * 32 + 23;
 
 /// One ORC entry, decoded (see arch/x86/include/asm/orc_types.h).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,7 +221,7 @@ fn alternatives(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
     else {
         return;
     };
-    let parse = |stride: usize| -> Option<Vec<(u64, u64, u8, u8)>> {
+    let parse = |stride: usize| -> Option<Vec<(u64, u64, u8, u8, u16)>> {
         if bytes.is_empty() || bytes.len() % stride != 0 {
             return None;
         }
@@ -229,7 +236,9 @@ fn alternatives(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
             if !code(orig) || (rlen > 0 && !code(repl)) {
                 return None;
             }
-            out.push((orig, repl, ilen, rlen));
+            // The feature number is the low 16 bits in both layouts (`cpuid` or `ft_flags`).
+            let feature = u16::from_le_bytes([e[8], e[9]]);
+            out.push((orig, repl, ilen, rlen, feature));
         }
         Some(out)
     };
@@ -251,7 +260,7 @@ fn alternatives(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
         }
     };
     let (mut ok, mut bad) = (0, 0);
-    for (orig, repl, ilen, rlen) in entries {
+    for (orig, repl, ilen, rlen, feature) in entries {
         let (Some(o), Some(end)) = (insns.at(orig), insns.at(orig + ilen as u64)) else {
             bad += 1;
             continue;
@@ -276,6 +285,7 @@ fn alternatives(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
         t.alts.entry(o).or_default().push(Alt {
             repl: repl_id,
             orig_end: end,
+            skip_orig: feature == X86_FEATURE_POPCNT,
         });
         ok += 1;
     }

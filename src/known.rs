@@ -29,6 +29,11 @@ pub const BUILT_IN: &[(&str, &str)] = &[
          (`.byte 0xf6` + retbleed_return_thunk) to train the return predictor",
     ),
     (
+        "srso_untrain_ret",
+        "arch/x86/lib/retpoline.S: hides srso_safe_ret inside its own `movabs` \
+         (`.byte 0x48, 0xb8`) and calls into the middle of that instruction",
+    ),
+    (
         "srso_alias_safe_ret",
         "arch/x86/lib/retpoline.S: `lea 8(%rsp),%rsp; UNWIND_HINT_FUNC; ret` drops its own \
          return address to return to its caller's caller (the SRSO safe-RET sequence)",

@@ -25,7 +25,7 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 
 use crate::decode::{InsnId, Insns, Kind};
-use crate::graph::{alt_exit, step, table_paths, Dest, FuncId, Graph, Step};
+use crate::graph::{alt_exit, skips_original, step, table_paths, Dest, FuncId, Graph, Step};
 use crate::kernel::{Orc, OrcType, Tables};
 use crate::report::{Finding, FindingKind};
 use orc::{OrcStats, Verdict};
@@ -356,7 +356,14 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             mode: Mode::Enter,
         });
         while let Some(p) = self.work.pop() {
-            if let Err(Stop(finding)) = self.path(p) {
+            if let Err(Stop(mut finding)) = self.path(p) {
+                let at = self.ctx.insns.get(root).addr;
+                if finding.addr != at {
+                    finding.message = format!(
+                        "{} (on a path from the unwind hint at {at:#x})",
+                        finding.message
+                    );
+                }
                 return vec![finding];
             }
         }
@@ -440,12 +447,14 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 self.extra.clear();
                 table_paths(insns, ctx.graph, ctx.tables, home, id, &mut self.extra);
                 if !self.extra.is_empty() {
-                    self.work.push(Pending {
-                        id,
-                        home,
-                        state,
-                        mode: Mode::Execute,
-                    });
+                    if !skips_original(ctx.tables, id) {
+                        self.work.push(Pending {
+                            id,
+                            home,
+                            state,
+                            mode: Mode::Execute,
+                        });
+                    }
                     for i in (0..self.extra.len()).rev() {
                         let d = self.extra[i];
                         self.follow(d, home, insn.addr, state)?;
@@ -454,7 +463,19 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 }
             }
             let step = step(insns, ctx.graph, ctx.tables, home, id);
-            if fp && matches!(step, Step::Call(_) | Step::CallIndirect) && !state.has_frame() {
+            // objtool's is_special_call(): the ftrace call at function entry (made before any
+            // frame exists, and patched to a nop at boot) and calls into the middle of an
+            // instruction (the SRSO/retbleed thunks hide code inside other instructions).
+            let special_call = match step {
+                Step::Call(Dest::Entry(g)) => ctx.graph.func(g).name == "__fentry__",
+                Step::Call(Dest::Nowhere) => true,
+                _ => false,
+            };
+            if fp
+                && !special_call
+                && matches!(step, Step::Call(_) | Step::CallIndirect)
+                && !state.has_frame()
+            {
                 return Err(Stop(Finding::new(FindingKind::CallWithoutFrame, insn.addr)));
             }
             if let Err(e) = state.apply(&insn.op) {
@@ -490,10 +511,12 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                         return Ok(());
                     }
                 }
-                Step::Call(Dest::Code(t)) if home.is_some() && ctx.graph.code_is_noreturn(t) => {
+                Step::Call(Dest::Code(t) | Dest::Label(t))
+                    if home.is_some() && ctx.graph.code_is_noreturn(t) =>
+                {
                     return Ok(());
                 }
-                Step::Call(Dest::Local(t)) | Step::Call(Dest::Code(t))
+                Step::Call(Dest::Local(t) | Dest::Code(t) | Dest::Label(t))
                     if matches!(step, Step::Call(Dest::Local(_))) || home.is_none() =>
                 {
                     // A call to code of the same function, or within code outside functions
@@ -563,7 +586,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     }
                 }
                 Step::Return | Step::CondReturn => {
-                    if state.modified() {
+                    if state.modified() && !self.hint_walk {
                         return Err(Stop(Finding::new(
                             FindingKind::ReturnModifiedFrame,
                             insn.addr,
@@ -574,6 +597,8 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     }
                 }
                 Step::DeadEnd => return Ok(()),
+                // Entry code outside functions may leave the kernel; a callable function not.
+                Step::ContextSwitch if self.hint_walk => return Ok(()),
                 Step::ContextSwitch => {
                     return Err(Stop(Finding::new(FindingKind::KernelEntryExit, insn.addr)))
                 }
@@ -646,7 +671,9 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     mode: Mode::Enter,
                 })
             }
-            Dest::Code(t) => self.work.push(Pending {
+            // From a function, a jump to a named label outside functions is a tail call.
+            Dest::Label(_) if home.is_some() => return self.sibling(from, &state),
+            Dest::Code(t) | Dest::Label(t) => self.work.push(Pending {
                 id: t,
                 home: None,
                 state,
@@ -658,9 +685,11 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         Ok(())
     }
 
-    /// Rule 3: a tail call must leave the frame as the function found it.
+    /// Rule 3: a tail call must leave the frame as the function found it. The rule is about
+    /// callable functions: a walk from an unwind hint in code outside functions does not apply
+    /// it, as objtool does not.
     fn sibling(&self, at: u64, state: &Cfi) -> Result<(), Stop> {
-        if !state.modified() {
+        if !state.modified() || self.hint_walk {
             return Ok(());
         }
         let kind = if self.ctx.cfg.frame_pointer && state.frame_pointer_changed() {
@@ -689,7 +718,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     && prev.end() == insns.get(id).addr
                     && match g.resolve_insn(insns, Some(self.f), insns.target(id - 1)) {
                         Dest::Entry(callee) => g.noreturn[callee as usize],
-                        Dest::Code(t) => g.code_is_noreturn(t),
+                        Dest::Code(t) | Dest::Label(t) => g.code_is_noreturn(t),
                         _ => false,
                     }
             }
