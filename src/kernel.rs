@@ -221,7 +221,9 @@ fn alternatives(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
     else {
         return;
     };
-    let parse = |stride: usize| -> Option<Vec<(u64, u64, u8, u8, u16)>> {
+    // (original, replacement, original length, replacement length, feature)
+    type RawAlt = (u64, u64, u8, u8, u16);
+    let parse = |stride: usize| -> Option<Vec<RawAlt>> {
         if bytes.is_empty() || bytes.len() % stride != 0 {
             return None;
         }
