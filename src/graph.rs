@@ -129,6 +129,8 @@ pub struct Graph<'data> {
     labels: Vec<u64>,
     /// `__x86_return_thunk`: a jump there is a return, as in objtool.
     return_thunk: Option<InsnId>,
+    /// Addresses of the return thunks (`known::RETURN_THUNKS`), sorted.
+    pub return_thunks: Vec<u64>,
     /// How many rounds the noreturn fixed point took.
     pub noreturn_rounds: u32,
 }
@@ -234,8 +236,19 @@ impl<'data> Graph<'data> {
 }
 
 /// Builds functions, edges and switch tables, then infers noreturn functions.
-pub fn build<'data>(image: &Image<'data>, insns: &Insns, tables: &Tables) -> Graph<'data> {
-    from_funcs(collect_funcs(image, insns), Some(image), insns, tables)
+pub fn build<'data>(
+    image: &Image<'data>,
+    insns: &Insns,
+    tables: &Tables,
+    frame_pointer: bool,
+) -> Graph<'data> {
+    from_funcs(
+        collect_funcs(image, insns),
+        Some(image),
+        insns,
+        tables,
+        frame_pointer,
+    )
 }
 
 /// Builds the graph over given functions (sorted by address). Without an image, no switch
@@ -245,10 +258,11 @@ fn from_funcs<'data>(
     image: Option<&Image<'data>>,
     insns: &Insns,
     tables: &Tables,
+    frame_pointer: bool,
 ) -> Graph<'data> {
     link_cold_parts(&mut funcs, insns);
     for f in funcs.iter_mut().filter(|f| f.skip.is_none()) {
-        if crate::known::non_standard(f.name).is_some() {
+        if crate::known::non_standard(f.name, frame_pointer).is_some() {
             f.skip = Some(Skip::NonStandard);
         }
     }
@@ -288,6 +302,7 @@ fn from_funcs<'data>(
         code_noreturn: Vec::new(),
         labels: Vec::new(),
         return_thunk: None,
+        return_thunks: Vec::new(),
         noreturn_rounds: 0,
     };
 
@@ -315,6 +330,13 @@ fn from_funcs<'data>(
         graph.return_thunk = image
             .symbol("__x86_return_thunk")
             .and_then(|s| insns.at(s.addr));
+        let mut thunks: Vec<u64> = crate::known::RETURN_THUNKS
+            .iter()
+            .filter_map(|n| image.symbol(n))
+            .map(|s| s.addr)
+            .collect();
+        thunks.sort_unstable();
+        graph.return_thunks = thunks;
     }
 
     // Edges and switch tables, one function at a time in parallel, merged in order.
@@ -1147,7 +1169,7 @@ mod tests {
         let code_b = vec![0x90, 0x5b, 0xc3];
         let code_c = jmp(c, a);
         let (funcs, insns) = layout(&[("a", &code_a), ("b", &code_b), ("c", &code_c)]);
-        let g = from_funcs(funcs, None, &insns, &Tables::default());
+        let g = from_funcs(funcs, None, &insns, &Tables::default(), false);
         let (fa, fb, fc) = (by_name(&g, "a"), by_name(&g, "b"), by_name(&g, "c"));
         assert_eq!(
             g.resolve(&insns, Some(fa), b + 1),
@@ -1205,7 +1227,7 @@ mod tests {
             ("maybe", &code_maybe),
             ("rec", &code_rec),
         ]);
-        let g = from_funcs(funcs, None, &insns, &Tables::default());
+        let g = from_funcs(funcs, None, &insns, &Tables::default(), false);
         let noreturn = |n| g.noreturn[by_name(&g, n) as usize];
         assert!(noreturn("spin"));
         assert!(noreturn("wrapper"));
@@ -1226,7 +1248,7 @@ mod tests {
         let bad = ind + 2;
         let code_bad = jmp(bad, bad + 2);
         let (funcs, insns) = layout(&[("ind", &code_ind), ("bad", &code_bad)]);
-        let g = from_funcs(funcs, None, &insns, &Tables::default());
+        let g = from_funcs(funcs, None, &insns, &Tables::default(), false);
         assert!(!g.noreturn[0] && !g.noreturn[1]);
     }
 }

@@ -54,9 +54,57 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ),
 ];
 
-/// Why `name` is on the built-in list or the user's allow-list, if it is.
-pub fn non_standard(name: &str) -> Option<&'static str> {
+/// Functions marked STACK_FRAME_NON_STANDARD in the source: on an ORC kernel the table shows
+/// it (they are covered by undefined entries and skipped for that), on a frame-pointer kernel
+/// nothing survives but this list. `(function, reason, frame-pointer kernels only)`.
+pub const NON_STANDARD_ANNOTATED: &[(&str, &str, bool)] = &[
+    (
+        "machine_real_restart",
+        "arch/x86/kernel/reboot.c: STACK_FRAME_NON_STANDARD(machine_real_restart); it far-jumps \
+         into real-mode code",
+        false,
+    ),
+    (
+        "clear_bhb_loop",
+        "arch/x86/entry/entry_64.S: STACK_FRAME_NON_STANDARD(clear_bhb_loop); two nested \
+         intra-function calls whose RETs return inside the function",
+        false,
+    ),
+    (
+        "ftrace_caller",
+        "arch/x86/kernel/ftrace_64.S: STACK_FRAME_NON_STANDARD_FP(ftrace_caller); \
+         save_mcount_regs builds two frames",
+        true,
+    ),
+    (
+        "__fentry__",
+        "arch/x86/kernel/ftrace_64.S: STACK_FRAME_NON_STANDARD_FP(__fentry__)",
+        true,
+    ),
+];
+
+/// The return thunks of arch/x86/lib/retpoline.S (SYM_CODE, UNWIND_HINT_FUNC,
+/// ANNOTATE_UNRET_SAFE): their `ret` is every function's return, reached by the `jmp` at each
+/// return site (or patched in at boot), not a return outside a callable function.
+pub const RETURN_THUNKS: &[&str] = &[
+    "__x86_return_thunk",
+    "its_return_thunk",
+    "retbleed_return_thunk",
+    "srso_return_thunk",
+    "srso_alias_return_thunk",
+    "call_depth_return_thunk",
+];
+
+/// Why `name` is on the built-in list or the user's allow-list, if it is. `frame_pointer`
+/// says whether the frame-pointer rules apply (STACK_FRAME_NON_STANDARD_FP entries).
+pub fn non_standard(name: &str, frame_pointer: bool) -> Option<&'static str> {
     if let Some((_, why)) = BUILT_IN.iter().find(|(n, _)| *n == name) {
+        return Some(why);
+    }
+    if let Some((_, why, _)) = NON_STANDARD_ANNOTATED
+        .iter()
+        .find(|(n, _, fp_only)| *n == name && (frame_pointer || !fp_only))
+    {
         return Some(why);
     }
     ALLOW.get().and_then(|m| m.get(name).copied())
@@ -111,7 +159,8 @@ mod tests {
 
     #[test]
     fn built_in_entries_have_sources() {
-        for (name, why) in BUILT_IN {
+        let annotated = NON_STANDARD_ANNOTATED.iter().map(|(n, w, _)| (n, w));
+        for (name, why) in BUILT_IN.iter().map(|(n, w)| (n, w)).chain(annotated) {
             assert!(
                 why.contains("arch/") || why.contains("kernel/"),
                 "{name}: {why}"

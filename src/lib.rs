@@ -123,11 +123,11 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
     let tables = kernel::read(&image, &insns);
     timer.phase("tables");
 
-    let graph = graph::build(&image, &insns, &tables);
-    timer.phase("graph");
-
     let orc = image.section_by_name(".orc_unwind").is_some();
     let frame_pointer = opts.frame_pointer.unwrap_or(!orc);
+    let graph = graph::build(&image, &insns, &tables, frame_pointer);
+    timer.phase("graph");
+
     let roots = graph.funcs.iter().filter(|f| f.skip.is_none()).count();
     let progress = (opts.progress && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::new(roots as u64);
@@ -250,7 +250,8 @@ pub fn describe_function(path: &Path, name: &str) -> Result<Option<String>, Inpu
     let image = Image::parse(path, &map)?;
     let insns = decode::decode_image(&image);
     let tables = kernel::read(&image, &insns);
-    let graph = graph::build(&image, &insns, &tables);
+    let frame_pointer = image.section_by_name(".orc_unwind").is_none();
+    let graph = graph::build(&image, &insns, &tables, frame_pointer);
     let Some(sym) = image
         .symbols
         .iter()

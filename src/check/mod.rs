@@ -199,6 +199,10 @@ fn returns_outside_functions(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
         {
             continue;
         }
+        // The return thunks' own `ret` (their first instruction) implements every return.
+        if ctx.graph.return_thunks.binary_search(&insn.addr).is_ok() {
+            continue;
+        }
         let orc_undefined = ctx
             .tables
             .orc
@@ -466,9 +470,11 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             // objtool's is_special_call(): the ftrace call at function entry (made before any
             // frame exists, and patched to a nop at boot) and calls into the middle of an
             // instruction (the SRSO/retbleed thunks hide code inside other instructions).
+            // Intra-function calls (retpolines, RSB stuffing) are jumps that push, not calls.
             let special_call = match step {
                 Step::Call(Dest::Entry(g)) => ctx.graph.func(g).name == "__fentry__",
-                Step::Call(Dest::Nowhere) => true,
+                Step::Call(Dest::Nowhere | Dest::Local(_)) => true,
+                Step::Call(Dest::Code(_) | Dest::Label(_)) => home.is_none(),
                 _ => false,
             };
             if fp
