@@ -62,17 +62,7 @@ fn inputs() -> &'static Inputs {
     let insns = decode::decode_image(&image);
     let tables = kernel::read(&image, &insns);
     let graph = graph::build(&image, &insns, &tables, false);
-    let mut sections: Vec<(u64, u64)> = image
-        .exec_sections()
-        .map(|s| (s.addr, s.addr + s.size))
-        .collect();
-    sections.sort_unstable();
-    let mut unhinted: Vec<(u64, u64)> = image
-        .exec_sections()
-        .filter(|s| s.name == ".altinstr_replacement" || s.name == ".altinstr_aux")
-        .map(|s| (s.addr, s.addr + s.size))
-        .collect();
-    unhinted.sort_unstable();
+    let (sections, unhinted) = stackval::code_ranges(&image);
     let i = Box::leak(Box::new(Inputs {
         image,
         insns,

@@ -40,6 +40,8 @@ pub struct Options {
     pub progress: bool,
     /// Force ORC verification on or off; by default it runs when the image has an ORC table.
     pub verify_orc: Option<bool>,
+    /// Build the reliability report.
+    pub report: bool,
 }
 
 /// What a check of one image measured.
@@ -66,6 +68,7 @@ pub struct Stats {
 pub struct Checked {
     pub diagnostics: Vec<Diagnostic>,
     pub stats: Stats,
+    pub reliability: Option<report::Reliability>,
 }
 
 /// Maps `path` read-only.
@@ -140,18 +143,7 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
         bar
     });
     let verify_orc = opts.verify_orc.unwrap_or(true) && tables.orc.is_some();
-    let mut sections: Vec<(u64, u64)> = image
-        .exec_sections()
-        .map(|s| (s.addr, s.addr + s.size))
-        .collect();
-    sections.sort_unstable();
-    let mut unhinted: Vec<(u64, u64)> = image
-        .exec_sections()
-        .filter(|s| s.name == ".altinstr_replacement" || s.name == ".altinstr_aux")
-        .map(|s| (s.addr, s.addr + s.size))
-        .collect();
-    unhinted.extend(symbol_holes(&image));
-    unhinted.sort_unstable();
+    let (sections, unhinted) = code_ranges(&image);
     let outcome = check::run(
         &insns,
         &graph,
@@ -186,7 +178,10 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
         phases: Vec::new(),
         wall: Duration::ZERO,
     };
-    let diagnostics = report::diagnostics(&image, &graph, outcome.findings);
+    let diagnostics = report::diagnostics(&image, &graph, outcome.findings.clone());
+    let reliability = opts
+        .report
+        .then(|| reliability(&image, &graph, &outcome, verify_orc));
     timer.phase("report");
 
     drop(graph);
@@ -196,6 +191,7 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
     timer.phase("unmap");
     Ok(Checked {
         diagnostics,
+        reliability,
         stats: Stats {
             phases: timer.phases,
             wall: timer.start.elapsed(),
@@ -212,6 +208,113 @@ pub fn decode_only(path: &Path) -> Result<(usize, u64, f64), InputError> {
     let image = Image::parse(path, &map)?;
     let insns = decode::decode_image(&image);
     Ok((insns.len(), insns.bytes, start.elapsed().as_secs_f64()))
+}
+
+/// The executable sections' address ranges, and the ranges whose ORC entries are not unwind
+/// hints (alternative replacement code, and holes left by replaced `__weak` functions), both
+/// sorted: what [`check::run`] needs besides the graph.
+pub fn code_ranges(image: &Image<'_>) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+    let mut sections: Vec<(u64, u64)> = image
+        .exec_sections()
+        .map(|s| (s.addr, s.addr + s.size))
+        .collect();
+    sections.sort_unstable();
+    let mut unhinted: Vec<(u64, u64)> = image
+        .exec_sections()
+        .filter(|s| s.name == ".altinstr_replacement" || s.name == ".altinstr_aux")
+        .map(|s| (s.addr, s.addr + s.size))
+        .collect();
+    unhinted.extend(symbol_holes(image));
+    unhinted.sort_unstable();
+    (sections, unhinted)
+}
+
+/// Builds the reliability report from the walk's per-function results.
+fn reliability(
+    image: &Image<'_>,
+    graph: &graph::Graph<'_>,
+    outcome: &check::Outcome,
+    orc: bool,
+) -> report::Reliability {
+    use graph::Skip;
+    let mut skipped = std::collections::BTreeMap::new();
+    let mut uncertified = Vec::new();
+    for f in &graph.funcs {
+        let Some(skip) = f.skip else { continue };
+        let why = match skip {
+            Skip::ColdPart => "cold part (validated with its parent)",
+            Skip::Orphan => "cold part whose parent was not found (not validated)",
+            Skip::Prefix => "__pfx_/__cfi_ padding (not code that runs as written)",
+            Skip::OrcUndefined => "ORC undefined: objtool did not validate it",
+            Skip::NonStandard => "non-standard (built-in list or --allow)",
+            Skip::DeadCode => "dead code of a replaced __weak function",
+        };
+        *skipped.entry(why).or_insert(0) += 1;
+        let reason = match skip {
+            Skip::OrcUndefined => Some(
+                "no ORC unwind information: the unwinder reports traces through it as unreliable"
+                    .to_string(),
+            ),
+            Skip::NonStandard => known::non_standard(f.name, true).map(str::to_string),
+            Skip::Orphan => Some("cold part with no parent found: not validated".to_string()),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            uncertified.push(report::Uncertified {
+                function: f.name.to_string(),
+                address: f.addr,
+                reason,
+            });
+        }
+    }
+    let mut clean = 0;
+    for r in &outcome.functions {
+        if r.findings.is_empty() {
+            clean += 1;
+        } else {
+            let f = graph.func(r.func);
+            uncertified.push(report::Uncertified {
+                function: f.name.to_string(),
+                address: f.addr,
+                reason: r.findings[0].message.clone(),
+            });
+        }
+    }
+    uncertified.sort_by_key(|u| u.address);
+    let orc_summary = orc.then(|| {
+        let o = &outcome.orc;
+        report::OrcSummary {
+            checked: o.confirmed + o.mismatched,
+            confirmed: o.confirmed,
+            mismatched: o.mismatched,
+            uncovered: o.uncovered,
+            undefined: o.undefined,
+            regs_hints: o.regs_hints,
+            alt_group: o.alt_group,
+        }
+    });
+    let certified = clean == outcome.functions.len()
+        && outcome.findings.is_empty()
+        && orc_summary
+            .as_ref()
+            .is_none_or(|o| o.mismatched == 0 && o.uncovered == 0);
+    report::Reliability {
+        file: image.file.clone(),
+        kernel_release: image.kernel_release().map(str::to_owned),
+        functions: graph.funcs.len(),
+        validated: outcome.functions_validated,
+        validated_clean: clean,
+        orc: orc_summary,
+        hint_walks: outcome.hint_roots,
+        unchecked_returns: outcome.unvalidated_returns,
+        skipped,
+        uncertified,
+        verdict: if certified {
+            "certified"
+        } else {
+            "not certified"
+        },
+    }
 }
 
 /// Code right after a function that no symbol covers up to the next symbol: what is left of a

@@ -62,6 +62,10 @@ struct CheckArgs {
     /// Do not verify the ORC table.
     #[arg(long, overrides_with = "orc")]
     no_orc: bool,
+    /// Print the reliability report after the findings (validated functions, ORC agreement,
+    /// skipped functions and why, functions that cannot be certified); JSON with --format json.
+    #[arg(long)]
+    report: bool,
     /// Functions to skip as non-standard, one `function  reason` per line.
     #[arg(long, value_name = "FILE")]
     allow: Option<PathBuf>,
@@ -168,6 +172,7 @@ fn check(args: CheckArgs) -> ExitCode {
         frame_pointer,
         progress: !args.no_progress && !args.quiet,
         verify_orc,
+        report: args.report,
     };
     let mut status = 0u8;
     let stdout = io::stdout();
@@ -191,6 +196,17 @@ fn check(args: CheckArgs) -> ExitCode {
             }
             eprintln!("stackval: writing output: {e}");
             return ExitCode::from(2);
+        }
+        if let Some(r) = &checked.reliability {
+            let text = match args.format {
+                Format::Text => r.text(),
+                Format::Json => serde_json::to_string(r).unwrap_or_default() + "\n",
+            };
+            if let Err(e) = stdout.lock().write_all(text.as_bytes()) {
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    return ExitCode::from(status);
+                }
+            }
         }
         let s = &checked.stats;
         if let Some(o) = &s.orc_verified {

@@ -236,3 +236,95 @@ pub fn counts(diags: &[Diagnostic]) -> BTreeMap<FindingKind, usize> {
     }
     m
 }
+
+/// The reliability report of one image (`stackval check --report`): what a release engineer
+/// attaches to a livepatch-capable kernel.
+#[derive(Clone, Debug, Serialize)]
+pub struct Reliability {
+    pub file: String,
+    pub kernel_release: Option<String>,
+    pub functions: usize,
+    pub validated: usize,
+    pub validated_clean: usize,
+    pub orc: Option<OrcSummary>,
+    /// Walks of code outside functions started from unwind hints in the ORC table.
+    pub hint_walks: usize,
+    /// Returns outside functions in code the ORC table leaves undefined (not checked).
+    pub unchecked_returns: usize,
+    /// Functions not validated, by reason.
+    pub skipped: BTreeMap<&'static str, usize>,
+    /// Functions whose stack traces cannot be certified, with why.
+    pub uncertified: Vec<Uncertified>,
+    /// "certified" when every validated function is clean and the ORC table (if any) agrees
+    /// with every instruction checked; "not certified" otherwise.
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OrcSummary {
+    pub checked: u64,
+    pub confirmed: u64,
+    pub mismatched: u64,
+    pub uncovered: u64,
+    pub undefined: u64,
+    pub regs_hints: u64,
+    pub alt_group: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Uncertified {
+    pub function: String,
+    #[serde(serialize_with = "hex")]
+    pub address: u64,
+    pub reason: String,
+}
+
+impl Reliability {
+    pub fn text(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let _ = writeln!(o, "stackval reliability report: {}", self.file);
+        if let Some(r) = &self.kernel_release {
+            let _ = writeln!(o, "  kernel:               {r}");
+        }
+        let _ = writeln!(o, "  functions:            {}", self.functions);
+        let _ = writeln!(
+            o,
+            "  validated:            {} ({} clean)",
+            self.validated, self.validated_clean
+        );
+        match &self.orc {
+            Some(orc) => {
+                let pct = 100.0 * orc.confirmed as f64 / orc.checked.max(1) as f64;
+                let _ = writeln!(
+                    o,
+                    "  ORC entries confirmed: {} of {} instructions ({pct:.3}%); {} mismatched, {} uncovered, {} undefined, {} in alternative groups",
+                    orc.confirmed, orc.checked, orc.mismatched, orc.uncovered, orc.undefined, orc.alt_group
+                );
+            }
+            None => {
+                let _ = writeln!(o, "  ORC:                  none in the image (frame-pointer kernel) or not verified");
+            }
+        }
+        let _ = writeln!(o, "  unwind hints walked:  {}", self.hint_walks);
+        let _ = writeln!(
+            o,
+            "  returns not checked:  {} (code the ORC table leaves undefined)",
+            self.unchecked_returns
+        );
+        let _ = writeln!(o, "  skipped functions:");
+        for (why, n) in &self.skipped {
+            let _ = writeln!(o, "    {n:>7}  {why}");
+        }
+        let _ = writeln!(
+            o,
+            "  functions whose stack traces cannot be certified: {}",
+            self.uncertified.len()
+        );
+        for u in &self.uncertified {
+            let _ = writeln!(o, "    {}() at {:#x}: {}", u.function, u.address, u.reason);
+        }
+        let _ = writeln!(o, "  verdict: {}", self.verdict);
+        o
+    }
+}
