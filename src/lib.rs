@@ -210,10 +210,13 @@ pub fn decode_only(path: &Path) -> Result<(usize, u64, f64), InputError> {
     Ok((insns.len(), insns.bytes, start.elapsed().as_secs_f64()))
 }
 
+/// An address range `[start, end)`.
+pub type Range = (u64, u64);
+
 /// The executable sections' address ranges, and the ranges whose ORC entries are not unwind
 /// hints (alternative replacement code, and holes left by replaced `__weak` functions), both
 /// sorted: what [`check::run`] needs besides the graph.
-pub fn code_ranges(image: &Image<'_>) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+pub fn code_ranges(image: &Image<'_>) -> (Vec<Range>, Vec<Range>) {
     let mut sections: Vec<(u64, u64)> = image
         .exec_sections()
         .map(|s| (s.addr, s.addr + s.size))
