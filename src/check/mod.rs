@@ -123,6 +123,7 @@ pub fn run(
     findings.extend(hint_findings);
     let (stray, unvalidated_returns) = returns_outside_functions(&ctx);
     findings.extend(stray);
+    findings.extend(undecodable_in_skipped(&ctx));
     Outcome {
         hint_roots: hints,
         unvalidated_returns,
@@ -132,6 +133,69 @@ pub fn run(
         orc,
         functions,
     }
+}
+
+/// Whether the five words an `iretq` at `id` pops were pushed right before it, as
+/// sync_core()'s iret_to_self builds them (ss, rsp, flags, cs, rip; other instructions that do
+/// not touch the stack may sit between the pushes).
+fn iret_frame_built(insns: &Insns, id: InsnId) -> bool {
+    use crate::decode::OpKind;
+    let mut pushes = 0;
+    for back in 1..=12u32 {
+        let Some(p) = id.checked_sub(back) else {
+            return false;
+        };
+        let i = insns.get(p);
+        if i.kind != Kind::Other || i.end() != insns.get(p + 1).addr {
+            return false;
+        }
+        match i.op.kind {
+            OpKind::Push | OpKind::PushReg => {
+                pushes += 1;
+                if pushes == 5 {
+                    return true;
+                }
+            }
+            OpKind::None => {}
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Whether the instruction `id` sits alone in padding: what precedes it is padding or the end
+/// of a function, and what follows is padding or the start of a function.
+fn padding_neighbours(ctx: &Ctx<'_, '_>, id: InsnId) -> bool {
+    let insns = ctx.insns;
+    let g = ctx.graph;
+    let pad = |k: Kind| matches!(k, Kind::Nop | Kind::Int3);
+    let before = id.checked_sub(1).map(|p| insns.get(p));
+    let after = insns.list.get(id as usize + 1);
+    let here = insns.get(id);
+    let before_ok = before
+        .is_some_and(|b| b.end() == here.addr && (pad(b.kind) || g.func_at(b.addr).is_some()));
+    let after_ok = after.is_some_and(|a| {
+        a.addr == here.end()
+            && (pad(a.kind) || g.func_at(a.addr).is_some_and(|f| g.func(f).addr == a.addr))
+    });
+    before_ok && after_ok
+}
+
+/// Undecodable bytes in functions that are not walked (skipped as non-standard or for
+/// undefined ORC): whatever else is exempt, every byte of a function must decode.
+fn undecodable_in_skipped(ctx: &Ctx<'_, '_>) -> Vec<Finding> {
+    use crate::graph::Skip;
+    ctx.graph
+        .funcs
+        .iter()
+        .filter(|f| matches!(f.skip, Some(Skip::OrcUndefined | Skip::NonStandard)))
+        .filter_map(|f| {
+            (f.first..f.end)
+                .map(|id| ctx.insns.get(id))
+                .find(|i| i.kind == Kind::Invalid)
+                .map(|i| Finding::new(FindingKind::CantDecode, i.addr))
+        })
+        .collect()
 }
 
 fn in_ranges(ranges: &[(u64, u64)], addr: u64) -> bool {
@@ -193,10 +257,13 @@ fn returns_outside_functions(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
             continue;
         }
         let seen = ctx.code_seen[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0;
-        if seen
-            || ctx.graph.func_at(insn.addr).is_some()
-            || in_ranges(ctx.sections_unhinted, insn.addr)
-        {
+        if seen || ctx.graph.func_at(insn.addr).is_some() {
+            continue;
+        }
+        // A return alone in the padding between functions is never an exemption's case: dead
+        // weak-function bodies and undefined-ORC code have real instructions around theirs.
+        let in_padding = padding_neighbours(ctx, i as InsnId);
+        if !in_padding && in_ranges(ctx.sections_unhinted, insn.addr) {
             continue;
         }
         // The return thunks' own `ret` (their first instruction) implements every return.
@@ -209,7 +276,7 @@ fn returns_outside_functions(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
             .as_ref()
             .and_then(|o| o.lookup(insn.addr))
             .is_some_and(|(_, e)| matches!(e.kind, OrcType::Undefined | OrcType::EndOfStack));
-        if orc_undefined {
+        if orc_undefined && !in_padding {
             unvalidated += 1;
         } else {
             out.push(Finding::new(FindingKind::ReturnOutsideFunction, insn.addr));
@@ -508,7 +575,9 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 Step::Next | Step::CallIndirect => {
                     // iretq in a function must pop a frame the function built itself
                     // (sync_core()'s iret-to-self); anything else leaves the function.
-                    if insn.kind == Kind::Iretq && state.stack_size < 8 {
+                    if insn.kind == Kind::Iretq
+                        && (state.stack_size < 8 || !iret_frame_built(insns, id))
+                    {
                         return Err(Stop(Finding::new(FindingKind::KernelEntryExit, insn.addr)));
                     }
                 }
