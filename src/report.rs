@@ -189,17 +189,24 @@ pub fn diagnostics(
         .collect()
 }
 
-/// The closest symbol at or before `addr` in the same section.
+/// The closest symbol at or before `addr` in the same section; among symbols at that address,
+/// a function's name (not a linker-script marker's).
 fn nearest_symbol<'a>(image: &'a Image<'_>, addr: u64) -> Option<(&'a str, u64)> {
     let sec = image.section_at(addr)?;
     let i = image.symbols.partition_point(|s| s.addr <= addr);
-    image.symbols[..i]
+    let usable = |s: &&crate::image::Symbol<'_>| {
+        image.sections[s.section as usize].index == sec.index && !s.name.starts_with("__pfx_")
+    };
+    let best = image.symbols[..i].iter().rev().find(usable)?;
+    let same_addr = image.symbols[..i]
         .iter()
         .rev()
-        .find(|s| {
-            image.sections[s.section as usize].index == sec.index && !s.name.starts_with("__pfx_")
-        })
-        .map(|s| (s.name, addr - s.addr))
+        .take_while(|s| s.addr == best.addr);
+    let chosen = same_addr
+        .filter(usable)
+        .find(|s| s.kind == crate::image::SymKind::Func)
+        .unwrap_or(best);
+    Some((chosen.name, addr - chosen.addr))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
