@@ -284,23 +284,15 @@ fn reliability(
         }
     }
     uncertified.sort_by_key(|u| u.address);
-    let orc_summary = orc.then(|| {
-        let o = &outcome.orc;
-        report::OrcSummary {
-            checked: o.confirmed + o.mismatched,
-            confirmed: o.confirmed,
-            mismatched: o.mismatched,
-            uncovered: o.uncovered,
-            undefined: o.undefined,
-            regs_hints: o.regs_hints,
-            alt_group: o.alt_group,
-        }
+    let orc_summary = orc.then(|| report::OrcSummary {
+        checked: outcome.orc.confirmed + outcome.orc.mismatched,
+        counts: outcome.orc,
     });
     let certified = clean == outcome.functions.len()
         && outcome.findings.is_empty()
         && orc_summary
             .as_ref()
-            .is_none_or(|o| o.mismatched == 0 && o.uncovered == 0);
+            .is_none_or(|o| o.counts.mismatched == 0 && o.counts.uncovered == 0);
     report::Reliability {
         file: image.file.clone(),
         kernel_release: image.kernel_release().map(str::to_owned),

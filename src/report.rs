@@ -269,13 +269,10 @@ pub struct Reliability {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct OrcSummary {
+    /// Instructions whose entry was compared: confirmed + mismatched.
     pub checked: u64,
-    pub confirmed: u64,
-    pub mismatched: u64,
-    pub uncovered: u64,
-    pub undefined: u64,
-    pub regs_hints: u64,
-    pub alt_group: u64,
+    #[serde(flatten)]
+    pub counts: crate::check::orc::OrcStats,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -302,11 +299,12 @@ impl Reliability {
         );
         match &self.orc {
             Some(orc) => {
-                let pct = 100.0 * orc.confirmed as f64 / orc.checked.max(1) as f64;
+                let c = &orc.counts;
+                let pct = 100.0 * c.confirmed as f64 / orc.checked.max(1) as f64;
                 let _ = writeln!(
                     o,
                     "  ORC entries confirmed: {} of {} instructions ({pct:.3}%); {} mismatched, {} uncovered, {} undefined, {} in alternative groups",
-                    orc.confirmed, orc.checked, orc.mismatched, orc.uncovered, orc.undefined, orc.alt_group
+                    c.confirmed, orc.checked, c.mismatched, c.uncovered, c.undefined, c.alt_group
                 );
             }
             None => {

@@ -153,7 +153,7 @@ pub enum Verdict {
 }
 
 /// Per-walk tallies.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct OrcStats {
     pub confirmed: u64,
     pub mismatched: u64,
