@@ -9,7 +9,7 @@
 # relocations, ...), applies scripts/kbuild/link-vmlinux-stackval.patch, builds
 # stackval, then `make -j2 STACKVAL=1 STACKVAL_BIN=target/release/stackval vmlinux`.
 #
-# Cached: when the vmlinux is newer than the config fragment and the patch,
+# Cached: when the vmlinux was built from the same config fragment and patch (by content),
 # nothing is rebuilt (the stackval step is re-run once, standalone, to time the
 # current binary). --force deletes the build directory and builds from scratch.
 # A changed fragment or patch without --force gives an incremental build.
@@ -69,8 +69,11 @@ report() { # build link stackval kind
     } >&2
 }
 
+# The inputs are compared by content, not time: a fresh clone gives them new mtimes.
+inputs=$(cat "$KB_CONFIG" "$KB_PATCH" | sha256sum | cut -d' ' -f1)
+stamp=$KB_CACHE/build.inputs
 if [ "$force" = 0 ] && [ -f "$vmlinux" ] && [ -f "$KB_TIMES" ] &&
-   [ "$vmlinux" -nt "$KB_CONFIG" ] && [ "$vmlinux" -nt "$KB_PATCH" ]; then
+   [ "$(cat "$stamp" 2>/dev/null)" = "$inputs" ]; then
     kb_say "cached build is up to date (--force rebuilds from scratch)"
     read -r b l s kind < "$KB_TIMES"
     report "$b" "$l" "$s" "cached; measured by the $kind build"
@@ -105,4 +108,5 @@ build=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f\n", b - a }')
 
 read -r link sv < <(kb_step_times "$KB_TIMED")
 echo "$build $link $sv $kind" > "$KB_TIMES"
+echo "$inputs" > "$stamp"
 report "$build" "$link" "$sv" "$kind"
