@@ -57,6 +57,8 @@ pub struct Func<'data> {
     /// For a `.cold` part, the function it belongs to.
     pub parent: Option<FuncId>,
     pub skip: Option<Skip>,
+    /// Another function symbol starts inside this one's range (an alias or inner entry).
+    pub has_nested: bool,
 }
 
 impl Func<'_> {
@@ -218,6 +220,13 @@ impl<'data> Graph<'data> {
             return Dest::Nowhere;
         };
         let target = insns.get(id).addr;
+        // Most branches stay inside their own function: no search needed for those.
+        if let Some(h) = home {
+            let hf = self.func(h);
+            if !hf.has_nested && hf.contains(target) && target != hf.addr {
+                return Dest::Local(id);
+            }
+        }
         let Some(f) = self.func_at(target) else {
             if self.labels.binary_search(&target).is_ok() {
                 return Dest::Label(id);
@@ -410,7 +419,17 @@ fn collect_funcs<'data>(image: &Image<'data>, insns: &Insns) -> Vec<Func<'data>>
             end,
             parent: None,
             skip: is_prefix(s.name).then_some(Skip::Prefix),
+            has_nested: false,
         });
+    }
+    for i in 1..funcs.len() {
+        let start = funcs[i].addr;
+        // Earlier functions are sorted by start; any that still covers `start` has a nested one.
+        for f in funcs[..i].iter_mut().rev().take(4) {
+            if f.contains(start) {
+                f.has_nested = true;
+            }
+        }
     }
     funcs
 }
@@ -1123,6 +1142,7 @@ mod tests {
                 end: list.len() as InsnId,
                 parent: None,
                 skip: None,
+                has_nested: false,
             });
             addr += code.len() as u64;
         }

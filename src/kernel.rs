@@ -114,8 +114,22 @@ impl Orc {
 
     /// The entry that covers `addr`: the last one at or before it.
     pub fn lookup(&self, addr: u64) -> Option<(u64, &OrcEntry)> {
-        let i = self.ips.partition_point(|&ip| ip <= addr);
+        self.lookup_in(addr, 0..self.ips.len())
+    }
+
+    /// [`Orc::lookup`] searching only the entries `window` (which must include the covering
+    /// one: see [`Orc::window`]).
+    pub fn lookup_in(&self, addr: u64, window: std::ops::Range<usize>) -> Option<(u64, &OrcEntry)> {
+        let i = window.start + self.ips[window.clone()].partition_point(|&ip| ip <= addr);
         (i > 0).then(|| (self.ips[i - 1], &self.entries[i - 1]))
+    }
+
+    /// The entries that can cover addresses in `[lo, hi)`: the one in force at `lo` and those
+    /// inside.
+    pub fn window(&self, lo: u64, hi: u64) -> std::ops::Range<usize> {
+        let a = self.ips.partition_point(|&ip| ip <= lo).saturating_sub(1);
+        let b = self.ips.partition_point(|&ip| ip < hi);
+        a..b.max(a)
     }
 }
 

@@ -328,6 +328,8 @@ struct Walk<'c, 'a, 'data> {
     extra: Vec<Dest>,
     visited: u64,
     orc: OrcStats,
+    /// The ORC entries that can cover the function's own range, found once.
+    orc_window: Option<std::ops::Range<usize>>,
     /// The first disagreement with the ORC table; the walk goes on after it.
     orc_finding: Option<Finding>,
 }
@@ -349,6 +351,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             extra: Vec::new(),
             visited: 0,
             orc: OrcStats::default(),
+            orc_window: None,
             orc_finding: None,
         }
     }
@@ -397,7 +400,15 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         let secs = self.ctx.sections;
         let i = secs.partition_point(|s| s.0 <= addr);
         let section = if i > 0 { secs[i - 1] } else { (0, 0) };
-        let mut verdict = orc::verify(orc, addr, section, state);
+        let own = self.ctx.graph.func(self.f);
+        let window = if own.contains(addr) {
+            self.orc_window
+                .get_or_insert_with(|| orc.window(own.addr, own.end_addr()))
+                .clone()
+        } else {
+            0..orc.ips.len()
+        };
+        let mut verdict = orc::verify_in(orc, window, addr, section, state);
         if matches!(verdict, Verdict::Mismatch(_)) {
             let in_alt_body = self
                 .ctx

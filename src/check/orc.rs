@@ -188,11 +188,23 @@ impl OrcStats {
 /// Checks the entry covering `addr` (searching only `ips[lo..hi]` when the caller knows the
 /// window) against state `c`. `section` bounds which entries may cover the address.
 pub fn verify(orc: &Orc, addr: u64, section: (u64, u64), c: &Cfi) -> Verdict {
-    let i = orc.ips.partition_point(|&ip| ip <= addr);
-    if i == 0 || orc.ips[i - 1] < section.0 || addr >= section.1 {
+    verify_in(orc, 0..orc.ips.len(), addr, section, c)
+}
+
+/// [`verify`] searching only the entries `window` (see [`Orc::window`]).
+pub fn verify_in(
+    orc: &Orc,
+    window: std::ops::Range<usize>,
+    addr: u64,
+    section: (u64, u64),
+    c: &Cfi,
+) -> Verdict {
+    let Some((ip, e)) = orc.lookup_in(addr, window) else {
+        return Verdict::Uncovered;
+    };
+    if ip < section.0 || addr >= section.1 {
         return Verdict::Uncovered;
     }
-    let e = &orc.entries[i - 1];
     match e.kind {
         OrcType::Undefined | OrcType::EndOfStack => return Verdict::Undefined,
         OrcType::Regs | OrcType::RegsPartial => return Verdict::RegsHint,
