@@ -609,14 +609,9 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     // (retpolines, RSB stuffing): the return address stays on the stack for
                     // the code at the target, and nothing returns to after the call.
                     let mut pushed = state;
-                    pushed
-                        .apply(&crate::decode::StackOp {
-                            kind: crate::decode::OpKind::Push,
-                            ..crate::decode::StackOp::NONE
-                        })
-                        .map_err(|_| {
-                            Stop(Finding::new(FindingKind::UndefinedStackState, insn.addr))
-                        })?;
+                    pushed.slot(8).map_err(|_| {
+                        Stop(Finding::new(FindingKind::UndefinedStackState, insn.addr))
+                    })?;
                     pushed.intra = pushed.stack_size;
                     self.work.push(Pending {
                         id: t,
@@ -658,14 +653,9 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     // the frame as it was before that call.
                     let mut popped = state;
                     popped.intra = 0;
-                    popped
-                        .apply(&crate::decode::StackOp {
-                            kind: crate::decode::OpKind::Pop,
-                            ..crate::decode::StackOp::NONE
-                        })
-                        .map_err(|_| {
-                            Stop(Finding::new(FindingKind::UndefinedStackState, insn.addr))
-                        })?;
+                    popped.slot(-8).map_err(|_| {
+                        Stop(Finding::new(FindingKind::UndefinedStackState, insn.addr))
+                    })?;
                     self.sibling(insn.addr, &popped)?;
                     if step == Step::Return {
                         return Ok(());

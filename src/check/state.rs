@@ -200,6 +200,16 @@ impl Cfi {
         }
     }
 
+    /// Moves rsp by `bytes` (a push when positive) for a slot no instruction names: the return
+    /// address an intra-function call pushes, or the one a retpoline's `ret` consumes.
+    pub fn slot(&mut self, bytes: i32) -> Result<(), StackError> {
+        if self.cfa.base == UNDEF {
+            return Err(StackError::Undefined);
+        }
+        self.pushed(bytes);
+        Ok(())
+    }
+
     /// Applies one instruction's stack operation.
     pub fn apply(&mut self, op: &StackOp) -> Result<(), StackError> {
         if op.kind == OpKind::None {
