@@ -179,9 +179,10 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
         wall: Duration::ZERO,
     };
     let diagnostics = report::diagnostics(&image, &graph, outcome.findings.clone());
-    let reliability = opts
-        .report
-        .then(|| reliability(&image, &graph, &outcome, verify_orc));
+    let reliability = opts.report.then(|| report::Reliability {
+        tables: tables.summary.clone(),
+        ..reliability(&image, &graph, &outcome, verify_orc)
+    });
     timer.phase("report");
 
     drop(graph);
@@ -302,6 +303,7 @@ fn reliability(
         orc: orc_summary,
         hint_walks: outcome.hint_roots,
         unchecked_returns: outcome.unvalidated_returns,
+        tables: Vec::new(),
         skipped,
         uncertified,
         verdict: if certified {

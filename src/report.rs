@@ -258,6 +258,8 @@ pub struct Reliability {
     pub hint_walks: usize,
     /// Returns outside functions in code the ORC table leaves undefined (not checked).
     pub unchecked_returns: usize,
+    /// What was read from each kernel table: entries, unresolved ones, detected layout.
+    pub tables: Vec<String>,
     /// Functions not validated, by reason.
     pub skipped: BTreeMap<&'static str, usize>,
     /// Functions whose stack traces cannot be certified, with why.
@@ -311,6 +313,7 @@ impl Reliability {
                 let _ = writeln!(o, "  ORC:                  none in the image (frame-pointer kernel) or not verified");
             }
         }
+        let _ = writeln!(o, "  kernel tables:        {}", self.tables.join("; "));
         let _ = writeln!(o, "  unwind hints walked:  {}", self.hint_walks);
         let _ = writeln!(
             o,
