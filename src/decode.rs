@@ -151,29 +151,137 @@ impl Insn {
     }
 }
 
+/// The instruction array. A whole image's instructions (200+ MB for a distribution kernel) live
+/// in one anonymous mapping with transparent huge pages requested, so filling it costs a few
+/// hundred page faults rather than tens of thousands; small lists (tests) are plain vectors.
+pub struct InsnList {
+    storage: Storage,
+    len: usize,
+}
+
+enum Storage {
+    Vec(Vec<Insn>),
+    /// The slots start `start` bytes into the mapping, on a huge-page boundary.
+    Map {
+        map: memmap2::MmapMut,
+        start: usize,
+    },
+}
+
+/// The transparent huge page size on x86-64. Batches get regions that start on such a
+/// boundary, so no huge page is shared by two batches and a batch's unused tail can be given
+/// back without another batch's first write faulting a whole huge page over it again.
+pub const HUGE_PAGE: usize = 2 << 20;
+
+/// An all-zero `Insn` is a valid one (kind `Other`, no stack effect), which is what lets a
+/// zero-filled mapping be viewed as a slice of them.
+const ZERO: Insn = Insn {
+    addr: 0,
+    target: 0,
+    target_id: 0,
+    len: 0,
+    kind: Kind::Other,
+    op: StackOp {
+        kind: OpKind::None,
+        reg: 0,
+        base: 0,
+        imm: 0,
+    },
+};
+
+impl InsnList {
+    pub fn from_vec(v: Vec<Insn>) -> Self {
+        InsnList {
+            len: v.len(),
+            storage: Storage::Vec(v),
+        }
+    }
+
+    /// `cap` zeroed slots, the first on a huge-page boundary, all in view (`len == cap`)
+    /// until [`InsnList::truncate`].
+    fn zeroed(cap: usize) -> Self {
+        let bytes = cap * std::mem::size_of::<Insn>() + HUGE_PAGE;
+        let storage = match (cap > 0)
+            .then(|| memmap2::MmapMut::map_anon(bytes))
+            .and_then(Result::ok)
+        {
+            Some(map) => {
+                // Only a request: without transparent huge pages it is the same mapping.
+                #[cfg(target_os = "linux")]
+                let _ = map.advise(memmap2::Advice::HugePage);
+                let start =
+                    (map.as_ptr() as usize).next_multiple_of(HUGE_PAGE) - map.as_ptr() as usize;
+                Storage::Map { map, start }
+            }
+            None => Storage::Vec(vec![ZERO; cap]),
+        };
+        InsnList { storage, len: cap }
+    }
+
+    /// Keeps the first `len` instructions and gives the memory after them back.
+    fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+        match &mut self.storage {
+            Storage::Vec(v) => v.truncate(len),
+            Storage::Map { map, start } => {
+                let keep = *start + (self.len * std::mem::size_of::<Insn>()).max(1);
+                // Shrinking in place always succeeds on Linux; if it does not, the tail merely
+                // stays mapped.
+                #[cfg(target_os = "linux")]
+                // SAFETY: nothing borrows the mapping (we hold it mutably) and the kept prefix
+                // does not move.
+                let _ = unsafe { map.remap(keep, memmap2::RemapOptions::new()) };
+                #[cfg(not(target_os = "linux"))]
+                let _ = (map, keep);
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for InsnList {
+    type Target = [Insn];
+    fn deref(&self) -> &[Insn] {
+        match &self.storage {
+            Storage::Vec(v) => v,
+            // SAFETY: the mapping is page-aligned, holds at least `len` Insns, every one
+            // written or zero (a valid Insn), and lives as long as `self`.
+            Storage::Map { map, start } => unsafe {
+                std::slice::from_raw_parts(map.as_ptr().add(*start).cast::<Insn>(), self.len)
+            },
+        }
+    }
+}
+
+impl std::ops::DerefMut for InsnList {
+    fn deref_mut(&mut self) -> &mut [Insn] {
+        match &mut self.storage {
+            Storage::Vec(v) => v,
+            // SAFETY: as for `deref`, with the borrow of `self` exclusive.
+            Storage::Map { map, start } => unsafe {
+                std::slice::from_raw_parts_mut(
+                    map.as_mut_ptr().add(*start).cast::<Insn>(),
+                    self.len,
+                )
+            },
+        }
+    }
+}
+
 /// Every decoded instruction of the image, sorted by address.
 pub struct Insns {
-    pub list: Vec<Insn>,
+    pub list: InsnList,
     pub bytes: u64,
 }
 
+/// `target_id` while decoding: a direct branch out of the batch being decoded, resolved
+/// against the whole list once every batch is in place.
+const RESOLVE_LATER: InsnId = NO_INSN - 1;
+
 impl Insns {
     /// Takes an address-sorted list and resolves every direct branch's target once.
-    pub fn new(mut list: Vec<Insn>, bytes: u64) -> Insns {
-        let ids: Vec<InsnId> = list
-            .par_iter()
-            .map(|i| {
-                if i.is_branch() {
-                    list.binary_search_by_key(&i.target, |x| x.addr)
-                        .map_or(NO_INSN, |n| n as InsnId)
-                } else {
-                    NO_INSN
-                }
-            })
-            .collect();
-        for (insn, id) in list.iter_mut().zip(ids) {
-            insn.target_id = id;
-        }
+    pub fn new(list: Vec<Insn>, bytes: u64) -> Insns {
+        let mut list = InsnList::from_vec(list);
+        resolve_all(&mut list);
         Insns { list, bytes }
     }
 
@@ -209,9 +317,28 @@ impl Insns {
     }
 }
 
-/// Decodes every executable section of `image`.
-pub fn decode_image(image: &Image<'_>) -> Insns {
-    // Resynchronisation points: section starts, and the starts and ends of code symbols.
+/// Resolves every direct branch's target against the whole (sorted) list.
+fn resolve_all(list: &mut InsnList) {
+    let ids: Vec<InsnId> = list
+        .par_iter()
+        .map(|i| {
+            if i.is_branch() {
+                list.binary_search_by_key(&i.target, |x| x.addr)
+                    .map_or(NO_INSN, |n| n as InsnId)
+            } else {
+                NO_INSN
+            }
+        })
+        .collect();
+    list.par_iter_mut()
+        .zip(ids)
+        .for_each(|(insn, id)| insn.target_id = id);
+}
+
+/// The byte ranges of the image to decode, sorted by address: every executable section, cut
+/// at the starts and ends of top-level symbols so that a stray byte of data in one place cannot
+/// shift the instruction stream of the next function.
+pub fn pieces<'data>(image: &Image<'data>) -> Vec<(u64, &'data [u8])> {
     let mut pieces: Vec<(u64, &[u8])> = Vec::new();
     for (si, sec) in image.sections.iter().enumerate() {
         if !sec.exec || sec.data.is_empty() {
@@ -241,7 +368,7 @@ pub fn decode_image(image: &Image<'_>) -> Insns {
         let sec_end = sec.addr + sec.data.len() as u64;
         cuts.retain(|&a| a > sec.addr && a < sec_end);
         cuts.push(sec.addr);
-        cuts.push(sec.addr + sec.data.len() as u64);
+        cuts.push(sec_end);
         cuts.sort_unstable();
         cuts.dedup();
         for w in cuts.windows(2) {
@@ -249,46 +376,196 @@ pub fn decode_image(image: &Image<'_>) -> Insns {
             pieces.push((w[0], &sec.data[lo..hi]));
         }
     }
-    // Group pieces into batches of roughly equal byte counts for the thread pool.
-    const BATCH: usize = 128 * 1024;
-    let mut batches: Vec<&[(u64, &[u8])]> = Vec::new();
+    pieces.sort_by_key(|p| p.0);
+    pieces
+}
+
+/// Bytes of code per decoding batch: enough to amortise a task, small enough to balance.
+pub const BATCH: usize = 128 * 1024;
+
+/// Groups pieces into batches of at least `batch` bytes (the last may be smaller) for the
+/// thread pool.
+pub fn batches<'p, 'data>(
+    pieces: &'p [(u64, &'data [u8])],
+    batch: usize,
+) -> Vec<&'p [(u64, &'data [u8])]> {
+    let mut batches = Vec::new();
     let (mut start, mut acc) = (0, 0);
     for (i, p) in pieces.iter().enumerate() {
         acc += p.1.len();
-        if acc >= BATCH {
+        if acc >= batch {
             batches.push(&pieces[start..=i]);
             start = i + 1;
             acc = 0;
         }
     }
-    batches.push(&pieces[start..]);
-    let parts: Vec<Vec<Insn>> = batches
-        .par_iter()
-        .map(|batch| {
-            // Kernel code averages a little over two bytes an instruction with int3 padding.
-            let mut out =
-                Vec::with_capacity(batch.iter().map(|p| p.1.len()).sum::<usize>() / 2 + 16);
-            for &(addr, bytes) in batch.iter() {
-                decode_into(addr, bytes, &mut out);
-            }
-            out
+    if start < pieces.len() {
+        batches.push(&pieces[start..]);
+    }
+    batches
+}
+
+/// Decodes every executable section of `image`.
+///
+/// Batches are decoded in parallel, each straight into its own region of one array (an
+/// instruction takes at least a byte, so a batch of N bytes needs at most N slots), with the
+/// branches that stay inside the batch resolved there while its instructions are in cache.
+/// The regions are then slid down into one sorted list and the remaining branches resolved
+/// against all of it.
+pub fn decode_image(image: &Image<'_>) -> Insns {
+    decode_image_in(image, BATCH)
+}
+
+/// [`decode_image`] with batches of `batch` bytes; the result does not depend on it.
+pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
+    let pieces = pieces(image);
+    let batches = batches(&pieces, batch);
+    let per_huge_page = HUGE_PAGE / std::mem::size_of::<Insn>();
+    let caps: Vec<usize> = batches
+        .iter()
+        .map(|b| {
+            let bytes: usize = b.iter().map(|p| p.1.len()).sum();
+            bytes.next_multiple_of(per_huge_page)
         })
         .collect();
-    let mut list = Vec::with_capacity(parts.iter().map(Vec::len).sum());
-    for p in parts {
-        list.extend(p);
+    let mut list = InsnList::zeroed(caps.iter().sum());
+    let mut regions: Vec<&mut [Insn]> = Vec::with_capacity(caps.len());
+    let mut rest: &mut [Insn] = &mut list;
+    for &cap in &caps {
+        let (region, tail) = rest.split_at_mut(cap);
+        regions.push(region);
+        rest = tail;
     }
-    // Sections can be listed out of address order; keep the global list sorted.
-    if !list.windows(2).all(|w| w[0].addr < w[1].addr) {
-        list.sort_by_key(|i| i.addr);
-        list.dedup_by_key(|i| i.addr);
+    let counts: Vec<usize> = regions
+        .into_par_iter()
+        .zip(batches.par_iter())
+        .map(|(region, batch)| {
+            let mut n = 0;
+            for &(addr, bytes) in batch.iter() {
+                decode_with(addr, bytes, |insn| {
+                    region[n] = insn;
+                    n += 1;
+                });
+            }
+            resolve_local(&mut region[..n]);
+            release(&mut region[n..]);
+            n
+        })
+        .collect();
+
+    // Slide each batch down to where the ones before it end. Regions only move down and in
+    // order, so a batch never overwrites one not yet moved.
+    let mut starts = Vec::with_capacity(counts.len());
+    let (mut from, mut to) = (0usize, 0usize);
+    for (&cap, &n) in caps.iter().zip(&counts) {
+        starts.push(to);
+        list.copy_within(from..from + n, to);
+        // What the move left behind above the list's new end is free again.
+        release(&mut list[(to + n).max(from)..from + n]);
+        from += cap;
+        to += n;
+    }
+    list.truncate(to);
+
+    let sorted = list.par_windows(2).all(|w| w[0].addr < w[1].addr);
+    if sorted {
+        resolve_rest(&mut list, &starts);
+    } else {
+        // Overlapping executable sections: no real kernel has them, but an input may.
+        let mut v = list.to_vec();
+        v.sort_by_key(|i| i.addr);
+        v.dedup_by_key(|i| i.addr);
+        list = InsnList::from_vec(v);
+        resolve_all(&mut list);
     }
     let bytes = pieces.iter().map(|p| p.1.len() as u64).sum();
-    Insns::new(list, bytes)
+    Insns { list, bytes }
+}
+
+/// Gives the whole pages of an unused region tail back to the system: a batch fills about half
+/// the slots its byte count reserves, and the rest must not count against peak memory.
+fn release(unused: &mut [Insn]) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let lo = (unused.as_mut_ptr() as usize).next_multiple_of(PAGE);
+        let hi = (unused.as_mut_ptr() as usize + std::mem::size_of_val(unused)) & !(PAGE - 1);
+        if hi > lo {
+            // SAFETY: [lo, hi) lies inside `unused`, which we borrow exclusively; after
+            // MADV_DONTNEED an anonymous private page reads as zeros again (a valid Insn), and
+            // these slots are only ever read as such.
+            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = unused;
+}
+
+/// Resolves the direct branches of one batch's instructions whose targets lie inside the
+/// batch's address range, to batch-local indexes; the others are marked [`RESOLVE_LATER`].
+fn resolve_local(batch: &mut [Insn]) {
+    let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+        return;
+    };
+    let (lo, hi) = (first.addr, last.end());
+    for i in 0..batch.len() {
+        let insn = batch[i];
+        if !insn.is_branch() {
+            batch[i].target_id = NO_INSN;
+            continue;
+        }
+        batch[i].target_id = if insn.target >= lo && insn.target < hi {
+            batch
+                .binary_search_by_key(&insn.target, |x| x.addr)
+                .map_or(NO_INSN, |n| n as InsnId)
+        } else {
+            RESOLVE_LATER
+        };
+    }
+}
+
+/// Turns batch-local branch targets into list indexes (`starts[b]`: where batch `b` begins)
+/// and resolves the branches that leave their batch.
+fn resolve_rest(list: &mut InsnList, starts: &[usize]) {
+    let later: Vec<(usize, InsnId)> = list
+        .par_iter()
+        .enumerate()
+        .filter(|(_, i)| i.target_id == RESOLVE_LATER)
+        .map(|(n, i)| {
+            let id = list
+                .binary_search_by_key(&i.target, |x| x.addr)
+                .map_or(NO_INSN, |t| t as InsnId);
+            (n, id)
+        })
+        .collect();
+    let mut bounds: Vec<usize> = starts.to_vec();
+    bounds.push(list.len());
+    let mut regions: Vec<(usize, &mut [Insn])> = Vec::with_capacity(starts.len());
+    let mut rest: &mut [Insn] = list;
+    for w in bounds.windows(2) {
+        let (region, tail) = rest.split_at_mut(w[1] - w[0]);
+        regions.push((w[0], region));
+        rest = tail;
+    }
+    regions.into_par_iter().for_each(|(start, region)| {
+        for insn in region.iter_mut() {
+            if insn.target_id != NO_INSN && insn.target_id != RESOLVE_LATER {
+                insn.target_id += start as InsnId;
+            }
+        }
+    });
+    for (n, id) in later {
+        list[n].target_id = id;
+    }
 }
 
 /// Decodes `bytes`, which live at `addr`, appending to `out`.
 pub fn decode_into(addr: u64, bytes: &[u8], out: &mut Vec<Insn>) {
+    decode_with(addr, bytes, |insn| out.push(insn));
+}
+
+/// Decodes `bytes`, which live at `addr`, handing each instruction to `emit` in order.
+fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) {
     let mut decoder = Decoder::with_ip(64, bytes, addr, DecoderOptions::NONE);
     let mut ins = Instruction::default();
     let mut pos = 0usize;
@@ -302,7 +579,7 @@ pub fn decode_into(addr: u64, bytes: &[u8], out: &mut Vec<Insn>) {
                 Some([0x0b, b'x', b'e', b'n'] | [0x0b, b'k', b'v', b'm'])
             )
         {
-            out.push(Insn {
+            emit(Insn {
                 addr: addr + pos as u64,
                 target: 0,
                 target_id: NO_INSN,
@@ -317,7 +594,7 @@ pub fn decode_into(addr: u64, bytes: &[u8], out: &mut Vec<Insn>) {
         }
         decoder.decode_out(&mut ins);
         if ins.is_invalid() {
-            out.push(Insn {
+            emit(Insn {
                 addr: addr + pos as u64,
                 target: 0,
                 target_id: NO_INSN,
@@ -331,7 +608,7 @@ pub fn decode_into(addr: u64, bytes: &[u8], out: &mut Vec<Insn>) {
             decoder.set_ip(addr + pos as u64);
             continue;
         }
-        out.push(classify(&ins));
+        emit(classify(&ins));
         pos += ins.len();
     }
 }

@@ -201,14 +201,34 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
     })
 }
 
-/// Maps, parses and decodes the image, nothing more: the decode floor. Returns the number of
+/// The decode floor: maps and parses the image, then decodes every executable byte once with
+/// iced-x86, on all worker threads, over the same pieces a check decodes, and keeps nothing:
+/// no classification, no instruction list, no target resolution. Returns the number of
 /// instructions, the executable bytes decoded and the seconds it took (mapping included).
 pub fn decode_only(path: &Path) -> Result<(usize, u64, f64), InputError> {
+    use rayon::prelude::*;
     let start = Instant::now();
     let map = map_file(path)?;
     let image = Image::parse(path, &map)?;
-    let insns = decode::decode_image(&image);
-    Ok((insns.len(), insns.bytes, start.elapsed().as_secs_f64()))
+    let pieces = decode::pieces(&image);
+    let count: usize = decode::batches(&pieces, decode::BATCH)
+        .par_iter()
+        .map(|batch| {
+            let mut ins = iced_x86::Instruction::default();
+            let mut n = 0;
+            for &(addr, bytes) in batch.iter() {
+                let mut d =
+                    iced_x86::Decoder::with_ip(64, bytes, addr, iced_x86::DecoderOptions::NONE);
+                while d.can_decode() {
+                    d.decode_out(&mut ins);
+                    n += 1;
+                }
+            }
+            n
+        })
+        .sum();
+    let bytes = pieces.iter().map(|p| p.1.len() as u64).sum();
+    Ok((count, bytes, start.elapsed().as_secs_f64()))
 }
 
 /// An address range `[start, end)`.

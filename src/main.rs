@@ -27,8 +27,8 @@ struct Cli {
 enum Cmd {
     /// Check one or more images and report every finding.
     Check(CheckArgs),
-    /// Decode every executable byte once and nothing else: the floor a full check is
-    /// measured against (for benchmarks).
+    /// Decode every executable byte once with iced-x86 and keep nothing: the floor a full
+    /// check is measured against (for benchmarks).
     Decode {
         /// Worker threads [default: all cores].
         #[arg(short, long, value_name = "N")]

@@ -20,7 +20,12 @@ fn fixtures_dir() -> PathBuf {
 
 /// Assembles and links one fixture; returns the image path.
 pub fn build_fixture(src: &Path, relocs: bool) -> PathBuf {
-    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    build_fixture_in("fixtures", src, relocs)
+}
+
+/// Builds into `target/tmp/<dir>`: tests running at the same time use different ones.
+fn build_fixture_in(dir: &str, src: &Path, relocs: bool) -> PathBuf {
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(dir);
     std::fs::create_dir_all(&out_dir).unwrap();
     let stem = src.file_stem().unwrap().to_str().unwrap();
     let obj = out_dir.join(format!("{stem}.o"));
@@ -140,4 +145,29 @@ fn fixtures() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// Decoding in many small batches (every piece its own, branches resolved across them) gives
+/// the same instruction list as decoding everything in one.
+#[test]
+fn batched_decode_matches_one_batch() {
+    use stackval::decode::decode_image_in;
+    let mut compared = 0;
+    for entry in std::fs::read_dir(fixtures_dir()).unwrap() {
+        let src = entry.unwrap().path();
+        if src.extension().is_none_or(|x| x != "S") {
+            continue;
+        }
+        let elf = build_fixture_in("fixtures-batched", &src, true);
+        let map = stackval::map_file(&elf).unwrap();
+        let Ok(image) = stackval::image::Image::parse(&elf, &map) else {
+            continue;
+        };
+        let whole = decode_image_in(&image, usize::MAX);
+        let split = decode_image_in(&image, 1);
+        assert!(!whole.list.is_empty(), "{}", src.display());
+        assert_eq!(&whole.list[..], &split.list[..], "{}", src.display());
+        compared += 1;
+    }
+    assert!(compared >= 20, "only {compared} fixtures compared");
 }
