@@ -407,69 +407,60 @@ pub fn batches<'p, 'data>(
 
 /// Decodes every executable section of `image`.
 ///
-/// Batches are decoded in parallel, each straight into its own region of one array (an
-/// instruction takes at least a byte, so a batch of N bytes needs at most N slots), with the
-/// branches that stay inside the batch resolved there while its instructions are in cache.
-/// The regions are then slid down into one sorted list and the remaining branches resolved
-/// against all of it.
+/// Every worker thread takes the next batch, decodes it into its own scratch vector (resolving
+/// the branches that stay inside the batch while its instructions are in cache), waits until
+/// the batch before it has been placed, and copies its instructions right after them into the
+/// one list. Decoding overlaps; only the short copies go one after another, in address order.
+/// The branches that leave their batch are resolved at the end, against the whole list.
 pub fn decode_image(image: &Image<'_>) -> Insns {
     decode_image_in(image, BATCH)
 }
 
 /// [`decode_image`] with batches of `batch` bytes; the result does not depend on it.
 pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let pieces = pieces(image);
     let batches = batches(&pieces, batch);
-    let per_huge_page = HUGE_PAGE / std::mem::size_of::<Insn>();
-    let caps: Vec<usize> = batches
-        .iter()
-        .map(|b| {
-            let bytes: usize = b.iter().map(|p| p.1.len()).sum();
-            bytes.next_multiple_of(per_huge_page)
-        })
-        .collect();
-    let mut list = InsnList::zeroed(caps.iter().sum());
-    let mut regions: Vec<&mut [Insn]> = Vec::with_capacity(caps.len());
-    let mut rest: &mut [Insn] = &mut list;
-    for &cap in &caps {
-        let (region, tail) = rest.split_at_mut(cap);
-        regions.push(region);
-        rest = tail;
-    }
-    let counts: Vec<usize> = regions
-        .into_par_iter()
-        .zip(batches.par_iter())
-        .map(|(region, batch)| {
-            let mut n = 0;
-            for &(addr, bytes) in batch.iter() {
-                decode_with(addr, bytes, |insn| {
-                    region[n] = insn;
-                    n += 1;
-                });
-            }
-            resolve_local(&mut region[..n]);
-            release(&mut region[n..]);
-            n
-        })
-        .collect();
+    let bytes: usize = pieces.iter().map(|p| p.1.len()).sum();
+    crate::lap("decode: pieces");
 
-    // Slide each batch down to where the ones before it end. Regions only move down and in
-    // order, so a batch never overwrites one not yet moved.
-    let mut starts = Vec::with_capacity(counts.len());
-    let (mut from, mut to) = (0usize, 0usize);
-    for (&cap, &n) in caps.iter().zip(&counts) {
-        starts.push(to);
-        list.copy_within(from..from + n, to);
-        // What the move left behind above the list's new end is free again.
-        release(&mut list[(to + n).max(from)..from + n]);
-        from += cap;
-        to += n;
-    }
-    list.truncate(to);
+    // An instruction takes at least a byte: `bytes` slots always suffice. Only the ones
+    // written are ever touched, so the rest costs address space, not memory.
+    let mut list = InsnList::zeroed(bytes);
+    let slots = Slots(list.as_mut_ptr(), list.len());
+    let next = AtomicUsize::new(0);
+    // Where each batch ends in the list, once it is placed.
+    let ends: Vec<AtomicUsize> = (0..batches.len())
+        .map(|_| AtomicUsize::new(usize::MAX))
+        .collect();
+    rayon::broadcast(|_| {
+        let mut scratch: Vec<Insn> = Vec::new();
+        loop {
+            let b = next.fetch_add(1, Ordering::Relaxed);
+            let Some(batch) = batches.get(b) else { break };
+            scratch.clear();
+            for &(addr, code) in batch.iter() {
+                decode_into(addr, code, &mut scratch);
+            }
+            resolve_local(&mut scratch);
+            let start = match b.checked_sub(1) {
+                None => 0,
+                Some(prev) => wait_for(&ends[prev]),
+            };
+            // SAFETY: [start, start + len) lies within the list (one slot per byte at most)
+            // and no other thread writes there: batch b alone owns it, between the end of
+            // batch b - 1 and the end it publishes below.
+            unsafe { slots.place(start, &scratch) };
+            ends[b].store(start + scratch.len(), Ordering::Release);
+        }
+    });
+    let len = ends.last().map_or(0, |e| e.load(Ordering::Acquire));
+    list.truncate(len);
+    crate::lap("decode: batches");
 
     let sorted = list.par_windows(2).all(|w| w[0].addr < w[1].addr);
     if sorted {
-        resolve_rest(&mut list, &starts);
+        resolve_rest(&mut list);
     } else {
         // Overlapping executable sections: no real kernel has them, but an input may.
         let mut v = list.to_vec();
@@ -478,27 +469,56 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
         list = InsnList::from_vec(v);
         resolve_all(&mut list);
     }
-    let bytes = pieces.iter().map(|p| p.1.len() as u64).sum();
-    Insns { list, bytes }
+    crate::lap("decode: resolve");
+    Insns {
+        list,
+        bytes: bytes as u64,
+    }
 }
 
-/// Gives the whole pages of an unused region tail back to the system: a batch fills about half
-/// the slots its byte count reserves, and the rest must not count against peak memory.
-fn release(unused: &mut [Insn]) {
-    #[cfg(target_os = "linux")]
-    {
-        const PAGE: usize = 4096;
-        let lo = (unused.as_mut_ptr() as usize).next_multiple_of(PAGE);
-        let hi = (unused.as_mut_ptr() as usize + std::mem::size_of_val(unused)) & !(PAGE - 1);
-        if hi > lo {
-            // SAFETY: [lo, hi) lies inside `unused`, which we borrow exclusively; after
-            // MADV_DONTNEED an anonymous private page reads as zeros again (a valid Insn), and
-            // these slots are only ever read as such.
-            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
+/// The list's slots, written by several threads at once, each to its own range.
+struct Slots(*mut Insn, usize);
+
+// SAFETY: only `place` writes through the pointer, to ranges the callers keep disjoint.
+unsafe impl Sync for Slots {}
+
+impl Slots {
+    /// Copies a batch's instructions to `start..`, turning batch-local branch targets into
+    /// list indexes.
+    ///
+    /// # Safety
+    /// No other thread touches `start..start + batch.len()`.
+    unsafe fn place(&self, start: usize, batch: &[Insn]) {
+        assert!(
+            start + batch.len() <= self.1,
+            "more instructions than bytes"
+        );
+        // SAFETY: in bounds (checked above) and exclusive (the caller's promise).
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.0.add(start), batch.len()) };
+        for (d, s) in dst.iter_mut().zip(batch) {
+            *d = *s;
+            if s.target_id < RESOLVE_LATER {
+                d.target_id = s.target_id + start as InsnId;
+            }
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = unused;
+}
+
+/// Waits until another worker publishes where its batch ends.
+fn wait_for(end: &std::sync::atomic::AtomicUsize) -> usize {
+    let mut spins = 0u32;
+    loop {
+        let e = end.load(std::sync::atomic::Ordering::Acquire);
+        if e != usize::MAX {
+            return e;
+        }
+        spins += 1;
+        if spins < 64 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
 }
 
 /// Resolves the direct branches of one batch's instructions whose targets lie inside the
@@ -524,9 +544,8 @@ fn resolve_local(batch: &mut [Insn]) {
     }
 }
 
-/// Turns batch-local branch targets into list indexes (`starts[b]`: where batch `b` begins)
-/// and resolves the branches that leave their batch.
-fn resolve_rest(list: &mut InsnList, starts: &[usize]) {
+/// Resolves the branches that leave their batch against the whole list.
+fn resolve_rest(list: &mut InsnList) {
     let later: Vec<(usize, InsnId)> = list
         .par_iter()
         .enumerate()
@@ -538,22 +557,6 @@ fn resolve_rest(list: &mut InsnList, starts: &[usize]) {
             (n, id)
         })
         .collect();
-    let mut bounds: Vec<usize> = starts.to_vec();
-    bounds.push(list.len());
-    let mut regions: Vec<(usize, &mut [Insn])> = Vec::with_capacity(starts.len());
-    let mut rest: &mut [Insn] = list;
-    for w in bounds.windows(2) {
-        let (region, tail) = rest.split_at_mut(w[1] - w[0]);
-        regions.push((w[0], region));
-        rest = tail;
-    }
-    regions.into_par_iter().for_each(|(start, region)| {
-        for insn in region.iter_mut() {
-            if insn.target_id != NO_INSN && insn.target_id != RESOLVE_LATER {
-                insn.target_id += start as InsnId;
-            }
-        }
-    });
     for (n, id) in later {
         list[n].target_id = id;
     }

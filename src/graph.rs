@@ -22,6 +22,9 @@ use crate::kernel::{self, Tables};
 
 pub type FuncId = u32;
 
+/// `Graph::insn_func` of an instruction no function holds.
+pub const NO_FUNC: FuncId = FuncId::MAX;
+
 /// Why a function is not validated on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Skip {
@@ -109,6 +112,8 @@ pub enum Dest {
 
 pub struct Graph<'data> {
     pub funcs: Vec<Func<'data>>,
+    /// For every instruction, the innermost function whose range holds it, or [`NO_FUNC`].
+    insn_func: Vec<FuncId>,
     /// Cold parts of each function: `cold[cold_start[f]..cold_start[f+1]]`.
     cold: Vec<FuncId>,
     cold_start: Vec<u32>,
@@ -147,6 +152,13 @@ impl<'data> Graph<'data> {
             .take(4)
             .position(|f| f.contains(addr))
             .map(|back| (i - 1 - back) as FuncId)
+    }
+
+    /// The function holding instruction `id` (the innermost one): [`Graph::func_at`] of its
+    /// address, without a search.
+    pub fn func_of(&self, id: InsnId) -> Option<FuncId> {
+        let f = self.insn_func[id as usize];
+        (f != NO_FUNC).then_some(f)
     }
 
     /// The first function starting at or after `addr`.
@@ -219,22 +231,23 @@ impl<'data> Graph<'data> {
         let Some(id) = id else {
             return Dest::Nowhere;
         };
-        let target = insns.get(id).addr;
+        // Whether `id` is the entry of `func`: its first instruction, at its address.
+        let is_entry = |func: &Func<'_>| id == func.first && insns.get(id).addr == func.addr;
         // Most branches stay inside their own function: no search needed for those.
         if let Some(h) = home {
             let hf = self.func(h);
-            if !hf.has_nested && hf.contains(target) && target != hf.addr {
+            if !hf.has_nested && id >= hf.first && id < hf.end && !is_entry(hf) {
                 return Dest::Local(id);
             }
         }
-        let Some(f) = self.func_at(target) else {
-            if self.labels.binary_search(&target).is_ok() {
+        let Some(f) = self.func_of(id) else {
+            if self.labels.binary_search(&insns.get(id).addr).is_ok() {
                 return Dest::Label(id);
             }
             return Dest::Code(id);
         };
         let func = self.func(f);
-        if func.addr == target && func.parent.is_none() {
+        if func.parent.is_none() && is_entry(func) {
             return Dest::Entry(f);
         }
         if Some(self.home(f)) == home {
@@ -251,13 +264,9 @@ pub fn build<'data>(
     tables: &Tables,
     frame_pointer: bool,
 ) -> Graph<'data> {
-    from_funcs(
-        collect_funcs(image, insns),
-        Some(image),
-        insns,
-        tables,
-        frame_pointer,
-    )
+    let funcs = collect_funcs(image, insns);
+    crate::lap("graph: functions");
+    from_funcs(funcs, Some(image), insns, tables, frame_pointer)
 }
 
 /// Builds the graph over given functions (sorted by address). Without an image, no switch
@@ -269,7 +278,9 @@ fn from_funcs<'data>(
     tables: &Tables,
     frame_pointer: bool,
 ) -> Graph<'data> {
-    link_cold_parts(&mut funcs, insns);
+    let insn_func = insn_funcs(&funcs, insns.len());
+    link_cold_parts(&mut funcs, &insn_func, insns);
+    crate::lap("graph: cold parts");
     for f in funcs.iter_mut().filter(|f| f.skip.is_none()) {
         if crate::known::non_standard(f.name, frame_pointer).is_some() {
             f.skip = Some(Skip::NonStandard);
@@ -283,6 +294,7 @@ fn from_funcs<'data>(
         }
     }
 
+    crate::lap("graph: skips");
     let mut cold_lists: Vec<Vec<FuncId>> = vec![Vec::new(); funcs.len()];
     for (i, f) in funcs.iter().enumerate() {
         if let Some(p) = f.parent {
@@ -299,6 +311,7 @@ fn from_funcs<'data>(
 
     let mut graph = Graph {
         funcs,
+        insn_func,
         cold,
         cold_start,
         edges: Vec::new(),
@@ -348,12 +361,14 @@ fn from_funcs<'data>(
         graph.return_thunks = thunks;
     }
 
+    crate::lap("graph: labels");
     // Edges and switch tables, one function at a time in parallel, merged in order.
     let table_relocs = image.map(TableRelocs::new);
     let per_func: Vec<FuncScan> = (0..graph.funcs.len() as FuncId)
         .into_par_iter()
         .map(|f| scan_function(&graph, image.zip(table_relocs.as_ref()), insns, tables, f))
         .collect();
+    crate::lap("graph: scan");
     let mut edges = Vec::new();
     for (e, t) in per_func {
         edges.extend(e);
@@ -374,9 +389,13 @@ fn from_funcs<'data>(
     graph.edge_start = edge_start;
     graph.callers = callers;
 
+    crate::lap("graph: edges");
     graph.targets = branch_targets(insns, &graph.tables, tables);
+    crate::lap("graph: targets");
     graph.code_calls = code_calls(&graph, insns);
+    crate::lap("graph: code calls");
     let (noreturn, code_noreturn, rounds) = infer_noreturn(&graph, insns, tables);
+    crate::lap("graph: noreturn");
     graph.noreturn = noreturn;
     graph.code_noreturn = code_noreturn;
     graph.noreturn_rounds = rounds;
@@ -434,6 +453,16 @@ fn collect_funcs<'data>(image: &Image<'data>, insns: &Insns) -> Vec<Func<'data>>
     funcs
 }
 
+/// For every instruction, the innermost function holding it. Functions are sorted by address,
+/// so a function nested in another is filled after it and wins over its range.
+fn insn_funcs(funcs: &[Func<'_>], n: usize) -> Vec<FuncId> {
+    let mut out = vec![NO_FUNC; n];
+    for (i, f) in funcs.iter().enumerate() {
+        out[f.first as usize..f.end as usize].fill(i as FuncId);
+    }
+    out
+}
+
 fn is_prefix(name: &str) -> bool {
     name.starts_with("__pfx_") || name.starts_with("__cfi_")
 }
@@ -465,7 +494,7 @@ pub fn cold_parent_name(name: &str) -> Option<&str> {
 /// jumps to it (`ftrace_replace_code.cold` is entered from `ftrace_process_locs()`), and static
 /// functions can share names across files; the name only breaks ties and stands in when no
 /// jump is found.
-fn link_cold_parts(funcs: &mut [Func<'_>], insns: &Insns) {
+fn link_cold_parts(funcs: &mut [Func<'_>], insn_func: &[FuncId], insns: &Insns) {
     let is_cold: Vec<bool> = funcs
         .iter()
         .map(|f| cold_parent_name(f.name).is_some())
@@ -473,20 +502,21 @@ fn link_cold_parts(funcs: &mut [Func<'_>], insns: &Insns) {
     if !is_cold.iter().any(|&c| c) {
         return;
     }
-    let func_at = |addr: u64| -> Option<usize> {
-        let i = funcs.partition_point(|f| f.addr <= addr);
-        (i > 0 && funcs[i - 1].contains(addr)).then(|| i - 1)
+    let func_of = |id: usize| -> Option<usize> {
+        let f = insn_func[id];
+        (f != NO_FUNC).then_some(f as usize)
     };
     // (cold part, jumping function), with usize::MAX for a jump from code no symbol covers.
     let mut jumps: Vec<(usize, usize)> = insns
         .list
         .par_iter()
-        .filter(|i| {
+        .enumerate()
+        .filter(|(_, i)| {
             matches!(i.kind, Kind::Jump | Kind::JumpCond) && i.target_id != crate::decode::NO_INSN
         })
-        .filter_map(|i| {
-            let c = func_at(i.target)?;
-            let from = func_at(i.addr).unwrap_or(usize::MAX);
+        .filter_map(|(n, i)| {
+            let c = func_of(i.target_id as usize)?;
+            let from = func_of(n).unwrap_or(usize::MAX);
             (is_cold[c] && from != c && (from == usize::MAX || !is_cold[from])).then_some((c, from))
         })
         .collect();
@@ -587,7 +617,7 @@ fn scan_function(
                     Dest::Entry(g) => (g, EdgeKind::Sibling),
                     Dest::Into(g, _) if graph.func(g).parent.is_some() => (g, EdgeKind::Cold),
                     Dest::Into(g, _) => (g, EdgeKind::CrossJump),
-                    Dest::Local(_) if insn.kind != Kind::Call => match graph.func_at(insn.target) {
+                    Dest::Local(t) if insn.kind != Kind::Call => match graph.func_of(t) {
                         Some(g) if g != f && graph.func(g).parent == Some(home) => {
                             (g, EdgeKind::Cold)
                         }
@@ -861,9 +891,12 @@ fn code_calls(graph: &Graph<'_>, insns: &Insns) -> Vec<InsnId> {
     let mut out: Vec<InsnId> = insns
         .list
         .par_iter()
-        .filter(|i| i.kind == Kind::Call && i.target_id != crate::decode::NO_INSN)
-        .filter(|i| graph.func_at(i.target).is_none() && graph.func_at(i.addr).is_some())
-        .map(|i| i.target_id)
+        .enumerate()
+        .filter(|(_, i)| i.kind == Kind::Call && i.target_id != crate::decode::NO_INSN)
+        .filter(|&(n, i)| {
+            graph.func_of(i.target_id).is_none() && graph.func_of(n as InsnId).is_some()
+        })
+        .map(|(_, i)| i.target_id)
         .collect();
     out.sort_unstable();
     out.dedup();
@@ -1102,7 +1135,7 @@ fn may_return(
             // something we cannot follow meaningfully, so it counts as returning.
             if let Some(back) = alt_exit(tables, id) {
                 id = back;
-                home = graph.func_at(insns.get(back).addr).map(|g| graph.home(g));
+                home = graph.func_of(back).map(|g| graph.home(g));
                 continue;
             }
             let next = id + 1;

@@ -166,12 +166,18 @@ pub fn read(image: &Image<'_>, insns: &Insns) -> Tables {
         ..Default::default()
     };
     jump_table(image, insns, &mut t);
+    crate::lap("tables: jump labels");
     ex_table(image, insns, &mut t);
+    crate::lap("tables: exceptions");
     alternatives(image, insns, &mut t);
+    crate::lap("tables: alternatives");
     bug_table(image, insns, &mut t);
+    crate::lap("tables: bugs");
     sites(image, insns, &mut t, "return_sites", RETURN_SITE);
     sites(image, insns, &mut t, "retpoline_sites", RETPOLINE_SITE);
+    crate::lap("tables: sites");
     t.orc = orc(image);
+    crate::lap("tables: orc");
     if let Some(o) = &t.orc {
         t.summary
             .push(format!("orc: {} entries ({})", o.ips.len(), o.layout));

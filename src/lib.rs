@@ -62,6 +62,8 @@ pub struct Stats {
     pub orc: bool,
     pub kernel_release: Option<String>,
     pub phases: Vec<(&'static str, Duration)>,
+    /// Steps inside the phases (`"graph: noreturn"`), in order.
+    pub steps: Vec<(&'static str, Duration)>,
     pub wall: Duration,
 }
 
@@ -100,6 +102,8 @@ struct Timer {
 impl Timer {
     fn new() -> Self {
         let now = Instant::now();
+        LAPS.with(|l| l.borrow_mut().clear());
+        LAST_LAP.with(|l| l.set(now));
         Timer {
             start: now,
             last: now,
@@ -110,7 +114,24 @@ impl Timer {
         let now = Instant::now();
         self.phases.push((name, now - self.last));
         self.last = now;
+        LAST_LAP.with(|l| l.set(now));
     }
+}
+
+thread_local! {
+    static LAPS: std::cell::RefCell<Vec<(&'static str, Duration)>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
+    static LAST_LAP: std::cell::Cell<Instant> = std::cell::Cell::new(Instant::now());
+}
+
+/// Ends a step inside a phase (`"graph: noreturn"`): the time since the phase or the previous
+/// step ended, shown by `check --time`. Steps run on the thread that called [`check_image`],
+/// between the parallel parts.
+pub(crate) fn lap(name: &'static str) {
+    let now = Instant::now();
+    let since = LAST_LAP.with(|l| now - l.replace(now));
+    LAPS.with(|l| l.borrow_mut().push((name, since)));
 }
 
 /// Checks one image: the whole pipeline.
@@ -176,6 +197,7 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
         orc,
         kernel_release: image.kernel_release().map(str::to_owned),
         phases: Vec::new(),
+        steps: Vec::new(),
         wall: Duration::ZERO,
     };
     let diagnostics = report::diagnostics(&image, &graph, outcome.findings.clone());
@@ -195,6 +217,7 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
         reliability,
         stats: Stats {
             phases: timer.phases,
+            steps: LAPS.with(|l| std::mem::take(&mut *l.borrow_mut())),
             wall: timer.start.elapsed(),
             ..stats
         },

@@ -229,6 +229,14 @@ fn check(args: CheckArgs) -> ExitCode {
                     "stackval: time: {phase:<9} {:>9.3} ms",
                     d.as_secs_f64() * 1e3
                 );
+                let prefix = format!("{phase}: ");
+                for (step, d) in s.steps.iter().filter(|(n, _)| n.starts_with(&prefix)) {
+                    eprintln!(
+                        "stackval: time:   {:<22} {:>9.3} ms",
+                        &step[prefix.len()..],
+                        d.as_secs_f64() * 1e3
+                    );
+                }
             }
         }
         if !args.quiet {

@@ -111,6 +111,7 @@ pub fn run(
             r
         })
         .collect();
+    crate::lap("validate: walks");
     let mut findings = Vec::new();
     let mut visited = 0;
     let mut orc = OrcStats::default();
@@ -120,8 +121,10 @@ pub fn run(
         orc.add(&r.orc);
     }
     let (hint_findings, hints) = hint_walks(&ctx);
+    crate::lap("validate: hint walks");
     findings.extend(hint_findings);
     let (stray, unvalidated_returns) = returns_outside_functions(&ctx);
+    crate::lap("validate: returns");
     findings.extend(stray);
     findings.extend(undecodable_in_skipped(&ctx));
     Outcome {
@@ -213,9 +216,18 @@ fn hint_walks(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
     };
     let mut findings = Vec::new();
     let mut roots = 0;
+    // Both the table and the functions are sorted by address: one pass over both finds the
+    // entries outside every function (the end of the furthest-reaching function so far says
+    // whether an address is inside one).
+    let funcs = &ctx.graph.funcs;
+    let (mut next_func, mut covered_to) = (0, 0u64);
     for (i, &ip) in orc.ips.iter().enumerate() {
+        while next_func < funcs.len() && funcs[next_func].addr <= ip {
+            covered_to = covered_to.max(funcs[next_func].end_addr());
+            next_func += 1;
+        }
         let e = &orc.entries[i];
-        if e.kind != OrcType::Call {
+        if e.kind != OrcType::Call || ip < covered_to {
             continue;
         }
         let Some(id) = ctx.insns.at(ip) else { continue };
@@ -224,9 +236,7 @@ fn hint_walks(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
         if in_ranges(ctx.sections_unhinted, ip) {
             continue;
         }
-        if ctx.graph.func_at(ip).is_some()
-            || ctx.code_seen[id as usize / 64].load(Ordering::Relaxed) & (1 << (id % 64)) != 0
-        {
+        if ctx.code_seen[id as usize / 64].load(Ordering::Relaxed) & (1 << (id % 64)) != 0 {
             continue;
         }
         let Some(state) = orc::hint_state(e) else {
@@ -250,39 +260,44 @@ fn hint_walks(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
 /// walked it from an empty hint or not at all (kexec's relocate_kernel starts with
 /// UNWIND_HINT_EMPTY): the unwinder cannot pass there, and the return is counted, not reported.
 fn returns_outside_functions(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
-    let mut out = Vec::new();
-    let mut unvalidated = 0;
-    for (i, insn) in ctx.insns.list.iter().enumerate() {
-        if insn.kind != Kind::Return {
-            continue;
-        }
-        let seen = ctx.code_seen[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0;
-        if seen || ctx.graph.func_at(insn.addr).is_some() {
-            continue;
-        }
-        // A return alone in the padding between functions is never an exemption's case: dead
-        // weak-function bodies and undefined-ORC code have real instructions around theirs.
-        let in_padding = padding_neighbours(ctx, i as InsnId);
-        if !in_padding && in_ranges(ctx.sections_unhinted, insn.addr) {
-            continue;
-        }
-        // The return thunks' own `ret` (their first instruction) implements every return.
-        if ctx.graph.return_thunks.binary_search(&insn.addr).is_ok() {
-            continue;
-        }
-        let orc_undefined = ctx
-            .tables
-            .orc
-            .as_ref()
-            .and_then(|o| o.lookup(insn.addr))
-            .is_some_and(|(_, e)| matches!(e.kind, OrcType::Undefined | OrcType::EndOfStack));
-        if orc_undefined && !in_padding {
-            unvalidated += 1;
-        } else {
-            out.push(Finding::new(FindingKind::ReturnOutsideFunction, insn.addr));
-        }
-    }
-    (out, unvalidated)
+    // One entry per return outside functions that no walk reached: a finding, or None for
+    // one counted as unvalidated.
+    let results: Vec<Option<Finding>> = ctx
+        .insns
+        .list
+        .par_iter()
+        .enumerate()
+        .filter(|(_, insn)| insn.kind == Kind::Return)
+        .filter_map(|(i, insn)| {
+            let seen = ctx.code_seen[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0;
+            if seen || ctx.graph.func_of(i as InsnId).is_some() {
+                return None;
+            }
+            // A return alone in the padding between functions is never an exemption's case:
+            // dead weak-function bodies and undefined-ORC code have real instructions around
+            // theirs.
+            let in_padding = padding_neighbours(ctx, i as InsnId);
+            if !in_padding && in_ranges(ctx.sections_unhinted, insn.addr) {
+                return None;
+            }
+            // The return thunks' own `ret` (their first instruction) implements every return.
+            if ctx.graph.return_thunks.binary_search(&insn.addr).is_ok() {
+                return None;
+            }
+            let orc_undefined = ctx
+                .tables
+                .orc
+                .as_ref()
+                .and_then(|o| o.lookup(insn.addr))
+                .is_some_and(|(_, e)| matches!(e.kind, OrcType::Undefined | OrcType::EndOfStack));
+            Some(
+                (!orc_undefined || in_padding)
+                    .then(|| Finding::new(FindingKind::ReturnOutsideFunction, insn.addr)),
+            )
+        })
+        .collect();
+    let unvalidated = results.iter().filter(|r| r.is_none()).count();
+    (results.into_iter().flatten().collect(), unvalidated)
 }
 
 /// Where a pending path picks up.
@@ -697,10 +712,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         let insns = ctx.insns;
         let insn = insns.get(id);
         if let Some(back) = alt_exit(ctx.tables, id) {
-            let back_home = ctx
-                .graph
-                .func_at(insns.get(back).addr)
-                .map(|g| ctx.graph.home(g));
+            let back_home = ctx.graph.func_of(back).map(|g| ctx.graph.home(g));
             return Ok((back, back_home));
         }
         let next = id + 1;
@@ -710,7 +722,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         let next_addr = insns.get(next).addr;
         if self.hint_walk && home.is_none() {
             // Code outside functions may run on into a function, as objtool allows.
-            let next_home = ctx.graph.func_at(next_addr).map(|g| ctx.graph.home(g));
+            let next_home = ctx.graph.func_of(next).map(|g| ctx.graph.home(g));
             return Ok((next, next_home));
         }
         if !ctx.graph.in_region(home, next_addr) {
