@@ -271,6 +271,79 @@ impl std::ops::DerefMut for InsnList {
 pub struct Insns {
     pub list: InsnList,
     pub bytes: u64,
+    index: AddrIndex,
+}
+
+/// Finds instructions by address without searching the whole list: for every block of
+/// `1 << shift` bytes from `lo`, the first instruction at or after the block's start. A lookup
+/// searches only the few instructions of one block (a binary search over 200+ MB of
+/// instructions costs a cache miss per step, and checks look up hundreds of thousands of
+/// addresses).
+#[derive(Default)]
+struct AddrIndex {
+    lo: u64,
+    shift: u32,
+    /// One entry per block, and one more: the list's length.
+    first: Vec<InsnId>,
+}
+
+impl AddrIndex {
+    /// Blocks of 64 bytes (about 30 instructions), larger if the code spans so much address
+    /// space that the index would pass 8M entries.
+    fn build(list: &[Insn]) -> AddrIndex {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let (Some(first), Some(last)) = (list.first(), list.last()) else {
+            return AddrIndex {
+                first: vec![0],
+                ..AddrIndex::default()
+            };
+        };
+        let lo = first.addr;
+        let span = last.addr - lo;
+        let mut shift = 6;
+        while span >> shift >= 1 << 23 {
+            shift += 1;
+        }
+        let blocks = (span >> shift) as usize + 1;
+        let block = |addr: u64| ((addr - lo) >> shift) as usize;
+        let out: Vec<AtomicU32> = (0..=blocks).map(|_| AtomicU32::new(0)).collect();
+        // Instruction n is the first at or after the starts of the blocks after its
+        // predecessor's, up to its own: each block is written once, by one instruction.
+        const CHUNK: usize = 1 << 16;
+        list.par_chunks(CHUNK).enumerate().for_each(|(c, chunk)| {
+            let base = c * CHUNK;
+            let mut prev = base.checked_sub(1).map(|p| block(list[p].addr));
+            for (k, insn) in chunk.iter().enumerate() {
+                let b = block(insn.addr);
+                let from = prev.map_or(0, |p| p + 1);
+                for slot in &out[from..=b] {
+                    slot.store((base + k) as InsnId, Ordering::Relaxed);
+                }
+                prev = Some(b);
+            }
+        });
+        out[blocks].store(list.len() as InsnId, Ordering::Relaxed);
+        AddrIndex {
+            lo,
+            shift,
+            first: out.into_iter().map(AtomicU32::into_inner).collect(),
+        }
+    }
+
+    /// The instructions `a..b` that can start at `addr`'s block; all before `a` start below
+    /// `addr`, all from `b` on above it.
+    fn candidates(&self, addr: u64) -> (usize, usize) {
+        let blocks = self.first.len() - 1;
+        let end = self.first[blocks] as usize;
+        if addr < self.lo {
+            return (0, 0);
+        }
+        let b = ((addr - self.lo) >> self.shift) as usize;
+        if b >= blocks {
+            return (end, end);
+        }
+        (self.first[b] as usize, self.first[b + 1] as usize)
+    }
 }
 
 /// `target_id` while decoding: a direct branch out of the batch being decoded, resolved
@@ -280,9 +353,28 @@ const RESOLVE_LATER: InsnId = NO_INSN - 1;
 impl Insns {
     /// Takes an address-sorted list and resolves every direct branch's target once.
     pub fn new(list: Vec<Insn>, bytes: u64) -> Insns {
-        let mut list = InsnList::from_vec(list);
-        resolve_all(&mut list);
-        Insns { list, bytes }
+        let mut insns = Insns::indexed(InsnList::from_vec(list), bytes);
+        insns.resolve(|_| true);
+        insns
+    }
+
+    fn indexed(list: InsnList, bytes: u64) -> Insns {
+        let index = AddrIndex::build(&list);
+        Insns { list, bytes, index }
+    }
+
+    /// Resolves the targets of the direct branches `which` selects.
+    fn resolve(&mut self, which: impl Fn(&Insn) -> bool + Sync) {
+        let found: Vec<(usize, InsnId)> = self
+            .list
+            .par_iter()
+            .enumerate()
+            .filter(|(_, i)| i.is_branch() && which(i))
+            .map(|(n, i)| (n, self.at(i.target).unwrap_or(NO_INSN)))
+            .collect();
+        for (n, id) in found {
+            self.list[n].target_id = id;
+        }
     }
 
     /// The instruction a direct branch at `id` lands on.
@@ -293,15 +385,17 @@ impl Insns {
 
     /// The instruction starting exactly at `addr`.
     pub fn at(&self, addr: u64) -> Option<InsnId> {
+        let id = self.lower_bound(addr);
         self.list
-            .binary_search_by_key(&addr, |i| i.addr)
-            .ok()
-            .map(|i| i as InsnId)
+            .get(id as usize)
+            .is_some_and(|i| i.addr == addr)
+            .then_some(id)
     }
 
     /// The first instruction at or after `addr`.
     pub fn lower_bound(&self, addr: u64) -> InsnId {
-        self.list.partition_point(|i| i.addr < addr) as InsnId
+        let (a, b) = self.index.candidates(addr);
+        (a + self.list[a..b].partition_point(|i| i.addr < addr)) as InsnId
     }
 
     pub fn get(&self, id: InsnId) -> &Insn {
@@ -315,24 +409,6 @@ impl Insns {
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
-}
-
-/// Resolves every direct branch's target against the whole (sorted) list.
-fn resolve_all(list: &mut InsnList) {
-    let ids: Vec<InsnId> = list
-        .par_iter()
-        .map(|i| {
-            if i.is_branch() {
-                list.binary_search_by_key(&i.target, |x| x.addr)
-                    .map_or(NO_INSN, |n| n as InsnId)
-            } else {
-                NO_INSN
-            }
-        })
-        .collect();
-    list.par_iter_mut()
-        .zip(ids)
-        .for_each(|(insn, id)| insn.target_id = id);
 }
 
 /// The byte ranges of the image to decode, sorted by address: every executable section, cut
@@ -459,21 +535,20 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
     crate::lap("decode: batches");
 
     let sorted = list.par_windows(2).all(|w| w[0].addr < w[1].addr);
-    if sorted {
-        resolve_rest(&mut list);
+    let insns = if sorted {
+        let mut insns = Insns::indexed(list, bytes as u64);
+        crate::lap("decode: index");
+        insns.resolve(|i| i.target_id == RESOLVE_LATER);
+        insns
     } else {
         // Overlapping executable sections: no real kernel has them, but an input may.
         let mut v = list.to_vec();
         v.sort_by_key(|i| i.addr);
         v.dedup_by_key(|i| i.addr);
-        list = InsnList::from_vec(v);
-        resolve_all(&mut list);
-    }
+        Insns::new(v, bytes as u64)
+    };
     crate::lap("decode: resolve");
-    Insns {
-        list,
-        bytes: bytes as u64,
-    }
+    insns
 }
 
 /// The list's slots, written by several threads at once, each to its own range.
@@ -541,24 +616,6 @@ fn resolve_local(batch: &mut [Insn]) {
         } else {
             RESOLVE_LATER
         };
-    }
-}
-
-/// Resolves the branches that leave their batch against the whole list.
-fn resolve_rest(list: &mut InsnList) {
-    let later: Vec<(usize, InsnId)> = list
-        .par_iter()
-        .enumerate()
-        .filter(|(_, i)| i.target_id == RESOLVE_LATER)
-        .map(|(n, i)| {
-            let id = list
-                .binary_search_by_key(&i.target, |x| x.addr)
-                .map_or(NO_INSN, |t| t as InsnId);
-            (n, id)
-        })
-        .collect();
-    for (n, id) in later {
-        list[n].target_id = id;
     }
 }
 
