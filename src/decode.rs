@@ -272,6 +272,12 @@ pub struct Insns {
     pub list: InsnList,
     pub bytes: u64,
     index: AddrIndex,
+    /// Every direct call, as (call, target or [`NO_INSN`]), in address order.
+    pub calls: Vec<(InsnId, InsnId)>,
+    /// Every direct jump, conditional or not, as (jump, target or [`NO_INSN`]).
+    pub jumps: Vec<(InsnId, InsnId)>,
+    /// Every return instruction.
+    pub returns: Vec<InsnId>,
 }
 
 /// Finds instructions by address without searching the whole list: for every block of
@@ -290,6 +296,14 @@ struct AddrIndex {
 impl AddrIndex {
     /// Blocks of 64 bytes (about 30 instructions), larger if the code spans so much address
     /// space that the index would pass 8M entries.
+    fn shift_for(span: u64) -> u32 {
+        let mut shift = 6;
+        while span >> shift >= 1 << 23 {
+            shift += 1;
+        }
+        shift
+    }
+
     fn build(list: &[Insn]) -> AddrIndex {
         use std::sync::atomic::{AtomicU32, Ordering};
         let (Some(first), Some(last)) = (list.first(), list.last()) else {
@@ -300,10 +314,7 @@ impl AddrIndex {
         };
         let lo = first.addr;
         let span = last.addr - lo;
-        let mut shift = 6;
-        while span >> shift >= 1 << 23 {
-            shift += 1;
-        }
+        let shift = Self::shift_for(span);
         let blocks = (span >> shift) as usize + 1;
         let block = |addr: u64| ((addr - lo) >> shift) as usize;
         let out: Vec<AtomicU32> = (0..=blocks).map(|_| AtomicU32::new(0)).collect();
@@ -352,29 +363,46 @@ const RESOLVE_LATER: InsnId = NO_INSN - 1;
 
 impl Insns {
     /// Takes an address-sorted list and resolves every direct branch's target once.
-    pub fn new(list: Vec<Insn>, bytes: u64) -> Insns {
-        let mut insns = Insns::indexed(InsnList::from_vec(list), bytes);
-        insns.resolve(|_| true);
+    pub fn new(mut list: Vec<Insn>, bytes: u64) -> Insns {
+        for i in list.iter_mut().filter(|i| i.is_branch()) {
+            i.target_id = RESOLVE_LATER;
+        }
+        let mut sides = Sides::default();
+        sides.collect(&list, 0);
+        let list = InsnList::from_vec(list);
+        let index = AddrIndex::build(&list);
+        let mut insns = Insns {
+            list,
+            bytes,
+            index,
+            calls: sides.calls,
+            jumps: sides.jumps,
+            returns: sides.returns,
+        };
+        insns.resolve_later();
         insns
     }
 
-    fn indexed(list: InsnList, bytes: u64) -> Insns {
-        let index = AddrIndex::build(&list);
-        Insns { list, bytes, index }
-    }
-
-    /// Resolves the targets of the direct branches `which` selects.
-    fn resolve(&mut self, which: impl Fn(&Insn) -> bool + Sync) {
-        let found: Vec<(usize, InsnId)> = self
-            .list
-            .par_iter()
-            .enumerate()
-            .filter(|(_, i)| i.is_branch() && which(i))
-            .map(|(n, i)| (n, self.at(i.target).unwrap_or(NO_INSN)))
-            .collect();
-        for (n, id) in found {
-            self.list[n].target_id = id;
+    /// Resolves the branches marked [`RESOLVE_LATER`] against the whole list.
+    fn resolve_later(&mut self) {
+        let mut calls = std::mem::take(&mut self.calls);
+        let mut jumps = std::mem::take(&mut self.jumps);
+        let mut found = Vec::new();
+        for side in [&mut calls, &mut jumps] {
+            found.par_extend(
+                side.par_iter_mut()
+                    .filter(|e| e.1 == RESOLVE_LATER)
+                    .map(|e| {
+                        e.1 = self.at(self.list[e.0 as usize].target).unwrap_or(NO_INSN);
+                        *e
+                    }),
+            );
         }
+        for (from, to) in found {
+            self.list[from as usize].target_id = to;
+        }
+        self.calls = calls;
+        self.jumps = jumps;
     }
 
     /// The instruction a direct branch at `id` lands on.
@@ -494,7 +522,7 @@ pub fn decode_image(image: &Image<'_>) -> Insns {
 
 /// [`decode_image`] with batches of `batch` bytes; the result does not depend on it.
 pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
     let pieces = pieces(image);
     let batches = batches(&pieces, batch);
     let bytes: usize = pieces.iter().map(|p| p.1.len()).sum();
@@ -504,10 +532,21 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
     // written are ever touched, so the rest costs address space, not memory.
     let mut list = InsnList::zeroed(bytes);
     let slots = Slots(list.as_mut_ptr(), list.len());
+    let lo = pieces.first().map_or(0, |p| p.0);
+    let hi = pieces.last().map_or(0, |p| p.0 + p.1.len() as u64);
+    let shift = AddrIndex::shift_for(hi.saturating_sub(lo));
+    let blocks = (hi.saturating_sub(lo) >> shift) as usize + 1;
+    let index: Vec<AtomicU32> = (0..=blocks).map(|_| AtomicU32::new(0)).collect();
+    let block = |addr: u64| addr.checked_sub(lo).map(|d| (d >> shift) as usize);
     let next = AtomicUsize::new(0);
-    // Where each batch ends in the list, once it is placed.
+    // Where each batch ends in the list and the address of its last instruction, once placed.
     let ends: Vec<AtomicUsize> = (0..batches.len())
         .map(|_| AtomicUsize::new(usize::MAX))
+        .collect();
+    let last_addrs: Vec<AtomicU64> = (0..batches.len()).map(|_| AtomicU64::new(0)).collect();
+    let sorted = std::sync::atomic::AtomicBool::new(true);
+    let batch_sides: Vec<std::sync::OnceLock<Sides>> = (0..batches.len())
+        .map(|_| std::sync::OnceLock::new())
         .collect();
     rayon::broadcast(|_| {
         let mut scratch: Vec<Insn> = Vec::new();
@@ -519,36 +558,121 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
                 decode_into(addr, code, &mut scratch);
             }
             resolve_local(&mut scratch);
-            let start = match b.checked_sub(1) {
-                None => 0,
-                Some(prev) => wait_for(&ends[prev]),
+            if !scratch.windows(2).all(|w| w[0].addr < w[1].addr) {
+                sorted.store(false, Ordering::Relaxed);
+            }
+            let (start, prev_last) = match b.checked_sub(1) {
+                None => (0, None),
+                Some(p) => {
+                    let end = wait_for(&ends[p]);
+                    let last = last_addrs[p].load(Ordering::Relaxed);
+                    (end, (end > 0).then_some(last))
+                }
             };
+            // Publish where this batch ends at once, so the next one can be placed while this
+            // one is still being copied.
+            let last_addr = scratch.last().map(|l| l.addr).or(prev_last).unwrap_or(0);
+            last_addrs[b].store(last_addr, Ordering::Relaxed);
+            ends[b].store(start + scratch.len(), Ordering::Release);
+            let Some(first) = scratch.first() else {
+                continue;
+            };
+            if prev_last.is_some_and(|l| l >= first.addr) {
+                sorted.store(false, Ordering::Relaxed);
+            }
             // SAFETY: [start, start + len) lies within the list (one slot per byte at most)
             // and no other thread writes there: batch b alone owns it, between the end of
             // batch b - 1 and the end it publishes below.
             unsafe { slots.place(start, &scratch) };
-            ends[b].store(start + scratch.len(), Ordering::Release);
+            // Index: each instruction is the first at or after the blocks since the block of
+            // the instruction before it (the previous batch's last, for the first).
+            let mut prev = prev_last.and_then(block);
+            for (k, insn) in scratch.iter().enumerate() {
+                let Some(cur) = block(insn.addr).filter(|&c| c < blocks) else {
+                    continue;
+                };
+                let from = prev.map_or(0, |p| p + 1);
+                for slot in index.get(from..=cur).unwrap_or(&[]) {
+                    slot.store((start + k) as InsnId, Ordering::Relaxed);
+                }
+                prev = Some(prev.map_or(cur, |p| p.max(cur)));
+            }
+            let mut sides = Sides::default();
+            sides.collect(&scratch, start as InsnId);
+            let _ = batch_sides[b].set(sides);
         }
     });
     let len = ends.last().map_or(0, |e| e.load(Ordering::Acquire));
     list.truncate(len);
     crate::lap("decode: batches");
 
-    let sorted = list.par_windows(2).all(|w| w[0].addr < w[1].addr);
-    let insns = if sorted {
-        let mut insns = Insns::indexed(list, bytes as u64);
-        crate::lap("decode: index");
-        insns.resolve(|i| i.target_id == RESOLVE_LATER);
-        insns
-    } else {
+    if !sorted.into_inner() {
         // Overlapping executable sections: no real kernel has them, but an input may.
         let mut v = list.to_vec();
         v.sort_by_key(|i| i.addr);
         v.dedup_by_key(|i| i.addr);
-        Insns::new(v, bytes as u64)
+        return Insns::new(v, bytes as u64);
+    }
+    // Blocks after the last instruction's: none start at or after them.
+    let tail = list.last().and_then(|l| block(l.addr)).map_or(0, |b| b + 1);
+    for slot in &index[tail.min(blocks)..] {
+        slot.store(len as InsnId, Ordering::Relaxed);
+    }
+    let index = AddrIndex {
+        lo,
+        shift,
+        first: index.into_iter().map(AtomicU32::into_inner).collect(),
     };
+    let mut sides = Sides::default();
+    for batch in batch_sides
+        .into_iter()
+        .filter_map(std::sync::OnceLock::into_inner)
+    {
+        sides.calls.extend(batch.calls);
+        sides.jumps.extend(batch.jumps);
+        sides.returns.extend(batch.returns);
+    }
+    let mut insns = Insns {
+        list,
+        bytes: bytes as u64,
+        index,
+        calls: sides.calls,
+        jumps: sides.jumps,
+        returns: sides.returns,
+    };
+    insns.resolve_later();
     crate::lap("decode: resolve");
     insns
+}
+
+/// The instructions of interest to whole-image scans, kept aside so those scans need not read
+/// every instruction: direct calls and jumps as (branch, target) pairs, and returns.
+#[derive(Default)]
+struct Sides {
+    calls: Vec<(InsnId, InsnId)>,
+    jumps: Vec<(InsnId, InsnId)>,
+    returns: Vec<InsnId>,
+}
+
+impl Sides {
+    /// Records the branches and returns of `list`, whose first instruction is `base`; resolved
+    /// targets are indexes into `list`.
+    fn collect(&mut self, list: &[Insn], base: InsnId) {
+        for (k, i) in list.iter().enumerate() {
+            let id = base + k as InsnId;
+            let to = if i.target_id < RESOLVE_LATER {
+                i.target_id + base
+            } else {
+                i.target_id
+            };
+            match i.kind {
+                Kind::Call => self.calls.push((id, to)),
+                Kind::Jump | Kind::JumpCond => self.jumps.push((id, to)),
+                Kind::Return => self.returns.push(id),
+                _ => {}
+            }
+        }
+    }
 }
 
 /// The list's slots, written by several threads at once, each to its own range.

@@ -508,15 +508,12 @@ fn link_cold_parts(funcs: &mut [Func<'_>], insn_func: &[FuncId], insns: &Insns) 
     };
     // (cold part, jumping function), with usize::MAX for a jump from code no symbol covers.
     let mut jumps: Vec<(usize, usize)> = insns
-        .list
+        .jumps
         .par_iter()
-        .enumerate()
-        .filter(|(_, i)| {
-            matches!(i.kind, Kind::Jump | Kind::JumpCond) && i.target_id != crate::decode::NO_INSN
-        })
-        .filter_map(|(n, i)| {
-            let c = func_of(i.target_id as usize)?;
-            let from = func_of(n).unwrap_or(usize::MAX);
+        .filter(|&&(_, to)| to != crate::decode::NO_INSN)
+        .filter_map(|&(n, to)| {
+            let c = func_of(to as usize)?;
+            let from = func_of(n as usize).unwrap_or(usize::MAX);
             (is_cold[c] && from != c && (from == usize::MAX || !is_cold[from])).then_some((c, from))
         })
         .collect();
@@ -709,12 +706,12 @@ fn branch_targets(
     switches: &HashMap<InsnId, Box<[InsnId]>>,
     tables: &Tables,
 ) -> Vec<u64> {
-    let hits: Vec<InsnId> = insns
-        .list
-        .par_iter()
-        .filter(|i| i.target_id != crate::decode::NO_INSN)
-        .map(|i| i.target_id)
-        .collect();
+    let hits = insns
+        .calls
+        .iter()
+        .chain(&insns.jumps)
+        .map(|&(_, to)| to)
+        .filter(|&to| to != crate::decode::NO_INSN);
     let kernel = tables
         .jump_labels
         .iter()
@@ -729,7 +726,6 @@ fn branch_targets(
         );
     let mut bits = vec![0u64; insns.len().div_ceil(64)];
     for id in hits
-        .into_iter()
         .chain(switches.values().flat_map(|t| t.iter().copied()))
         .chain(kernel)
     {
@@ -889,14 +885,14 @@ pub fn step(
 /// Call targets in code outside functions, called from function code.
 fn code_calls(graph: &Graph<'_>, insns: &Insns) -> Vec<InsnId> {
     let mut out: Vec<InsnId> = insns
-        .list
+        .calls
         .par_iter()
-        .enumerate()
-        .filter(|(_, i)| i.kind == Kind::Call && i.target_id != crate::decode::NO_INSN)
-        .filter(|&(n, i)| {
-            graph.func_of(i.target_id).is_none() && graph.func_of(n as InsnId).is_some()
+        .filter(|&&(from, to)| {
+            to != crate::decode::NO_INSN
+                && graph.func_of(to).is_none()
+                && graph.func_of(from).is_some()
         })
-        .map(|(_, i)| i.target_id)
+        .map(|&(_, to)| to)
         .collect();
     out.sort_unstable();
     out.dedup();

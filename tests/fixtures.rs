@@ -167,6 +167,17 @@ fn batched_decode_matches_one_batch() {
         let split = decode_image_in(&image, 1);
         assert!(!whole.list.is_empty(), "{}", src.display());
         assert_eq!(&whole.list[..], &split.list[..], "{}", src.display());
+        assert_eq!(whole.calls, split.calls, "{}", src.display());
+        assert_eq!(whole.jumps, split.jumps, "{}", src.display());
+        assert_eq!(whole.returns, split.returns, "{}", src.display());
+        // The address index finds every instruction, and nothing between instructions.
+        for (n, i) in split.list.iter().enumerate() {
+            assert_eq!(split.at(i.addr), Some(n as u32), "{}", src.display());
+            if i.len > 1 {
+                assert_eq!(split.at(i.addr + 1), None, "{}", src.display());
+                assert_eq!(split.lower_bound(i.addr + 1), n as u32 + 1);
+            }
+        }
         compared += 1;
     }
     assert!(compared >= 20, "only {compared} fixtures compared");

@@ -264,11 +264,10 @@ fn returns_outside_functions(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
     // one counted as unvalidated.
     let results: Vec<Option<Finding>> = ctx
         .insns
-        .list
+        .returns
         .par_iter()
-        .enumerate()
-        .filter(|(_, insn)| insn.kind == Kind::Return)
-        .filter_map(|(i, insn)| {
+        .filter_map(|&id| {
+            let (i, insn) = (id as usize, ctx.insns.get(id));
             let seen = ctx.code_seen[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0;
             if seen || ctx.graph.func_of(i as InsnId).is_some() {
                 return None;
