@@ -368,7 +368,7 @@ impl Insns {
             i.target_id = RESOLVE_LATER;
         }
         let mut sides = Sides::default();
-        sides.collect(&list, 0);
+        sides.collect(&list, 0..list.len(), 0);
         let list = InsnList::from_vec(list);
         let index = AddrIndex::build(&list);
         let mut insns = Insns {
@@ -550,17 +550,22 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
         .collect();
     rayon::broadcast(|_| {
         let mut scratch: Vec<Insn> = Vec::new();
+        // The batch's calls, jumps and returns (indexes into `scratch`).
+        let mut marks: Vec<u32> = Vec::new();
         loop {
             let b = next.fetch_add(1, Ordering::Relaxed);
             let Some(batch) = batches.get(b) else { break };
             scratch.clear();
+            marks.clear();
             for &(addr, code) in batch.iter() {
-                decode_into(addr, code, &mut scratch);
+                decode_with(addr, code, |insn| {
+                    if Sides::wanted(&insn) {
+                        marks.push(scratch.len() as u32);
+                    }
+                    scratch.push(insn);
+                });
             }
-            resolve_local(&mut scratch);
-            if !scratch.windows(2).all(|w| w[0].addr < w[1].addr) {
-                sorted.store(false, Ordering::Relaxed);
-            }
+            resolve_local(&mut scratch, &marks);
             let (start, prev_last) = match b.checked_sub(1) {
                 None => (0, None),
                 Some(p) => {
@@ -583,11 +588,16 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
             // SAFETY: [start, start + len) lies within the list (one slot per byte at most)
             // and no other thread writes there: batch b alone owns it, between the end of
             // batch b - 1 and the end it publishes below.
-            unsafe { slots.place(start, &scratch) };
+            unsafe { slots.place(start, &scratch, &marks) };
             // Index: each instruction is the first at or after the blocks since the block of
             // the instruction before it (the previous batch's last, for the first).
             let mut prev = prev_last.and_then(block);
+            let mut prev_addr = first.addr;
             for (k, insn) in scratch.iter().enumerate() {
+                if k > 0 && insn.addr <= prev_addr {
+                    sorted.store(false, Ordering::Relaxed);
+                }
+                prev_addr = insn.addr;
                 let Some(cur) = block(insn.addr).filter(|&c| c < blocks) else {
                     continue;
                 };
@@ -598,7 +608,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
                 prev = Some(prev.map_or(cur, |p| p.max(cur)));
             }
             let mut sides = Sides::default();
-            sides.collect(&scratch, start as InsnId);
+            sides.collect(&scratch, marks.iter().map(|&k| k as usize), start as InsnId);
             let _ = batch_sides[b].set(sides);
         }
     });
@@ -655,10 +665,19 @@ struct Sides {
 }
 
 impl Sides {
-    /// Records the branches and returns of `list`, whose first instruction is `base`; resolved
-    /// targets are indexes into `list`.
-    fn collect(&mut self, list: &[Insn], base: InsnId) {
-        for (k, i) in list.iter().enumerate() {
+    /// Whether an instruction belongs in one of the lists.
+    fn wanted(i: &Insn) -> bool {
+        matches!(
+            i.kind,
+            Kind::Call | Kind::Jump | Kind::JumpCond | Kind::Return
+        )
+    }
+
+    /// Records the branches and returns among `list[which]`, where `list` starts at instruction
+    /// `base` and resolved targets are indexes into it.
+    fn collect(&mut self, list: &[Insn], which: impl Iterator<Item = usize>, base: InsnId) {
+        for k in which {
+            let i = &list[k];
             let id = base + k as InsnId;
             let to = if i.target_id < RESOLVE_LATER {
                 i.target_id + base
@@ -682,22 +701,23 @@ struct Slots(*mut Insn, usize);
 unsafe impl Sync for Slots {}
 
 impl Slots {
-    /// Copies a batch's instructions to `start..`, turning batch-local branch targets into
-    /// list indexes.
+    /// Copies a batch's instructions to `start..`, turning the batch-local targets of
+    /// `branches` (every instruction with one is among them) into list indexes.
     ///
     /// # Safety
     /// No other thread touches `start..start + batch.len()`.
-    unsafe fn place(&self, start: usize, batch: &[Insn]) {
+    unsafe fn place(&self, start: usize, batch: &[Insn], branches: &[u32]) {
         assert!(
             start + batch.len() <= self.1,
             "more instructions than bytes"
         );
         // SAFETY: in bounds (checked above) and exclusive (the caller's promise).
         let dst = unsafe { std::slice::from_raw_parts_mut(self.0.add(start), batch.len()) };
-        for (d, s) in dst.iter_mut().zip(batch) {
-            *d = *s;
-            if s.target_id < RESOLVE_LATER {
-                d.target_id = s.target_id + start as InsnId;
+        dst.copy_from_slice(batch);
+        for &k in branches {
+            let d = &mut dst[k as usize];
+            if d.target_id < RESOLVE_LATER {
+                d.target_id += start as InsnId;
             }
         }
     }
@@ -720,27 +740,52 @@ fn wait_for(end: &std::sync::atomic::AtomicUsize) -> usize {
     }
 }
 
-/// Resolves the direct branches of one batch's instructions whose targets lie inside the
-/// batch's address range, to batch-local indexes; the others are marked [`RESOLVE_LATER`].
-fn resolve_local(batch: &mut [Insn]) {
+/// Resolves the direct branches among `marked` instructions of one batch whose targets lie
+/// inside the batch's address range, to batch-local indexes; the others are marked
+/// [`RESOLVE_LATER`]. Most branches are short jumps: the search starts at the branch and widens.
+fn resolve_local(batch: &mut [Insn], marked: &[u32]) {
     let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
         return;
     };
     let (lo, hi) = (first.addr, last.end());
-    for i in 0..batch.len() {
-        let insn = batch[i];
+    for &k in marked {
+        let k = k as usize;
+        let insn = batch[k];
         if !insn.is_branch() {
-            batch[i].target_id = NO_INSN;
             continue;
         }
-        batch[i].target_id = if insn.target >= lo && insn.target < hi {
-            batch
-                .binary_search_by_key(&insn.target, |x| x.addr)
-                .map_or(NO_INSN, |n| n as InsnId)
+        batch[k].target_id = if insn.target >= lo && insn.target < hi {
+            search_near(batch, k, insn.target).map_or(NO_INSN, |n| n as InsnId)
         } else {
             RESOLVE_LATER
         };
     }
+}
+
+/// The instruction of `list` at `addr`, searched outward from `from` in doubling steps and
+/// then by bisection: a few probes for a nearby address.
+fn search_near(list: &[Insn], from: usize, addr: u64) -> Option<usize> {
+    let (mut lo, mut hi) = (from, from + 1);
+    let mut step = 1;
+    if list[from].addr < addr {
+        // Widen upward until list[hi - 1] >= addr.
+        while hi < list.len() && list[hi - 1].addr < addr {
+            lo = hi;
+            hi = (from + step + 1).min(list.len());
+            step *= 2;
+        }
+    } else {
+        // Widen downward until list[lo] <= addr.
+        while lo > 0 && list[lo].addr > addr {
+            hi = lo + 1;
+            lo = from.saturating_sub(step);
+            step *= 2;
+        }
+    }
+    list[lo..hi]
+        .binary_search_by_key(&addr, |x| x.addr)
+        .ok()
+        .map(|i| lo + i)
 }
 
 /// Decodes `bytes`, which live at `addr`, appending to `out`.
@@ -1174,6 +1219,23 @@ mod tests {
         );
         // a plain ud2 stays a trap
         assert_eq!(one(&[0x0f, 0x0b]).kind, Kind::Ud2);
+    }
+
+    #[test]
+    fn search_near_finds_every_address_from_everywhere() {
+        let list: Vec<Insn> = (0..40u64)
+            .map(|n| Insn {
+                addr: BASE + 3 * n,
+                ..ZERO
+            })
+            .collect();
+        for from in 0..list.len() {
+            for (n, i) in list.iter().enumerate() {
+                assert_eq!(search_near(&list, from, i.addr), Some(n));
+                assert_eq!(search_near(&list, from, i.addr + 1), None);
+            }
+            assert_eq!(search_near(&list, from, BASE - 1), None);
+        }
     }
 
     #[test]
