@@ -281,18 +281,20 @@ fn from_funcs<'data>(
     let insn_func = insn_funcs(&funcs, insns.len());
     link_cold_parts(&mut funcs, &insn_func, insns);
     crate::lap("graph: cold parts");
-    for f in funcs.iter_mut().filter(|f| f.skip.is_none()) {
-        if crate::known::non_standard(f.name, frame_pointer).is_some() {
-            f.skip = Some(Skip::NonStandard);
-        }
-    }
-    if let Some(orc) = tables.orc.as_ref() {
-        for f in funcs.iter_mut().filter(|f| f.skip.is_none()) {
-            if orc.undefined_over(f.addr, f.end_addr()) {
+    funcs
+        .par_iter_mut()
+        .filter(|f| f.skip.is_none())
+        .for_each(|f| {
+            if crate::known::non_standard(f.name, frame_pointer).is_some() {
+                f.skip = Some(Skip::NonStandard);
+            } else if tables
+                .orc
+                .as_ref()
+                .is_some_and(|orc| orc.undefined_over(f.addr, f.end_addr()))
+            {
                 f.skip = Some(Skip::OrcUndefined);
             }
-        }
-    }
+        });
 
     crate::lap("graph: skips");
     let mut cold_lists: Vec<Vec<FuncId>> = vec![Vec::new(); funcs.len()];
@@ -374,7 +376,7 @@ fn from_funcs<'data>(
         edges.extend(e);
         graph.tables.extend(t);
     }
-    edges.sort_unstable();
+    edges.par_sort_unstable();
     edges.dedup_by_key(|e| (e.from, e.to, e.kind));
     let mut edge_start = vec![0u32; graph.funcs.len() + 1];
     for e in &edges {
@@ -384,7 +386,7 @@ fn from_funcs<'data>(
         edge_start[i + 1] += edge_start[i];
     }
     let mut callers = edges.clone();
-    callers.sort_unstable_by_key(|e| (e.to, e.from, e.kind));
+    callers.par_sort_unstable_by_key(|e| (e.to, e.from, e.kind));
     graph.edges = edges;
     graph.edge_start = edge_start;
     graph.callers = callers;
@@ -414,7 +416,7 @@ fn collect_funcs<'data>(image: &Image<'data>, insns: &Insns) -> Vec<Func<'data>>
         })
         .collect();
     // Among aliases prefer a global name without a prefix, so reports use the name people grep for.
-    candidates.sort_by(|a, b| {
+    candidates.par_sort_by(|a, b| {
         a.addr
             .cmp(&b.addr)
             .then(b.size.cmp(&a.size))
@@ -423,24 +425,18 @@ fn collect_funcs<'data>(image: &Image<'data>, insns: &Insns) -> Vec<Func<'data>>
             .then(a.name.len().cmp(&b.name.len()))
             .then(a.name.cmp(b.name))
     });
-    for s in candidates {
-        if funcs.last().is_some_and(|f| f.addr == s.addr) {
-            continue;
-        }
-        let first = insns.lower_bound(s.addr);
-        let end = insns.lower_bound(s.addr + s.size);
-        funcs.push(Func {
-            name: s.name,
-            addr: s.addr,
-            size: s.size,
-            section: s.section,
-            first,
-            end,
-            parent: None,
-            skip: is_prefix(s.name).then_some(Skip::Prefix),
-            has_nested: false,
-        });
-    }
+    candidates.dedup_by_key(|s| s.addr);
+    funcs.par_extend(candidates.par_iter().map(|s| Func {
+        name: s.name,
+        addr: s.addr,
+        size: s.size,
+        section: s.section,
+        first: insns.lower_bound(s.addr),
+        end: insns.lower_bound(s.addr + s.size),
+        parent: None,
+        skip: is_prefix(s.name).then_some(Skip::Prefix),
+        has_nested: false,
+    }));
     for i in 1..funcs.len() {
         let start = funcs[i].addr;
         // Earlier functions are sorted by start; any that still covers `start` has a nested one.
@@ -456,10 +452,36 @@ fn collect_funcs<'data>(image: &Image<'data>, insns: &Insns) -> Vec<Func<'data>>
 /// For every instruction, the innermost function holding it. Functions are sorted by address,
 /// so a function nested in another is filled after it and wins over its range.
 fn insn_funcs(funcs: &[Func<'_>], n: usize) -> Vec<FuncId> {
+    insn_funcs_in(funcs, n, 1 << 18)
+}
+
+fn insn_funcs_in(funcs: &[Func<'_>], n: usize, chunk_len: usize) -> Vec<FuncId> {
     let mut out = vec![NO_FUNC; n];
-    for (i, f) in funcs.iter().enumerate() {
-        out[f.first as usize..f.end as usize].fill(i as FuncId);
-    }
+    // reach[k]: the furthest any of the first k + 1 functions extends.
+    let reach: Vec<InsnId> = funcs
+        .iter()
+        .scan(0, |r, f| {
+            *r = f.end.max(*r);
+            Some(*r)
+        })
+        .collect();
+    // In parallel over stretches of instructions: each fills, in order, the parts of the
+    // functions that overlap it.
+    out.par_chunks_mut(chunk_len)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let (lo, hi) = (c * chunk_len, c * chunk_len + chunk.len());
+            // Functions sorted by address have non-decreasing `first`: those from `i` (the first
+            // that may reach past `lo`) to `last` (the first starting at or after `hi`) can overlap.
+            let last = funcs.partition_point(|f| (f.first as usize) < hi);
+            let i = reach.partition_point(|&r| (r as usize) <= lo);
+            for (k, f) in funcs.iter().enumerate().take(last).skip(i) {
+                let (a, b) = ((f.first as usize).max(lo), (f.end as usize).min(hi));
+                if a < b {
+                    chunk[a - lo..b - lo].fill(k as FuncId);
+                }
+            }
+        });
     out
 }
 
@@ -1197,6 +1219,42 @@ mod tests {
 
     fn by_name(g: &Graph<'_>, name: &str) -> FuncId {
         g.funcs.iter().position(|f| f.name == name).unwrap() as FuncId
+    }
+
+    #[test]
+    fn instruction_owners_filled_in_parallel_match_a_serial_fill() {
+        // (first, end) instruction ranges sorted by start: an outer function with two nested
+        // ones, a gap, plain functions, and one ending where the next starts.
+        let ranges = [
+            (0, 40),
+            (3, 6),
+            (10, 30),
+            (12, 14),
+            (45, 50),
+            (50, 52),
+            (60, 61),
+        ];
+        let funcs: Vec<Func<'static>> = ranges
+            .iter()
+            .map(|&(first, end)| Func {
+                name: "f",
+                addr: first as u64,
+                size: (end - first) as u64,
+                section: 0,
+                first,
+                end,
+                parent: None,
+                skip: None,
+                has_nested: false,
+            })
+            .collect();
+        let mut serial = vec![NO_FUNC; 64];
+        for (k, f) in funcs.iter().enumerate() {
+            serial[f.first as usize..f.end as usize].fill(k as FuncId);
+        }
+        for chunk in [1, 2, 3, 7, 64] {
+            assert_eq!(insn_funcs_in(&funcs, 64, chunk), serial, "chunk {chunk}");
+        }
     }
 
     #[test]

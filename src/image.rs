@@ -13,6 +13,7 @@ use std::path::Path;
 use object::elf::{self, FileHeader64, Rela64, SectionHeader64, Sym64};
 use object::read::elf::{FileHeader, Rela, SectionHeader, Sym};
 use object::{Endianness, FileKind};
+use rayon::prelude::*;
 
 pub type Endian = Endianness;
 
@@ -269,6 +270,7 @@ impl<'data> Image<'data> {
             .data(endian, data)
             .map_err(|_| err(".strtab: lies outside the file; truncated?".into()))?;
 
+        crate::lap("load: sections");
         let mut symbols = Vec::with_capacity(raw_symbols.len());
         for (i, sym) in raw_symbols.iter().enumerate().skip(1) {
             let kind = match sym.st_type() {
@@ -313,13 +315,19 @@ impl<'data> Image<'data> {
                 section,
             });
         }
-        symbols.sort_by(|a, b| {
+        crate::lap("load: symbols");
+        // Every field takes part, so the unstable (parallel) sort still has one result.
+        symbols.par_sort_unstable_by(|a, b| {
             a.addr
                 .cmp(&b.addr)
                 .then(b.size.cmp(&a.size))
                 .then(a.name.cmp(b.name))
+                .then((a.kind as u8).cmp(&(b.kind as u8)))
+                .then(a.global.cmp(&b.global))
+                .then(a.section.cmp(&b.section))
         });
 
+        crate::lap("load: sort");
         Ok(Image {
             file,
             data,

@@ -17,6 +17,8 @@
 
 use rustc_hash::FxHashMap as HashMap;
 
+use rayon::prelude::*;
+
 use crate::decode::{InsnId, Insns, Kind};
 use crate::image::Image;
 
@@ -144,6 +146,8 @@ pub struct Tables {
     pub alt_exits: HashMap<InsnId, InsnId>,
     pub orc: Option<Orc>,
     pub summary: Vec<String>,
+    /// Flags set while one table is read, applied to `flags` when the tables are merged.
+    marks: Vec<(InsnId, u8)>,
 }
 
 impl Tables {
@@ -161,23 +165,42 @@ fn rel(base: u64, off: i64) -> u64 {
 }
 
 pub fn read(image: &Image<'_>, insns: &Insns) -> Tables {
+    // The tables are independent: each is read into its own part, in parallel, and the parts
+    // are merged in a fixed order.
+    let readers: [&(dyn Fn(&mut Tables) + Sync); 7] = [
+        &|t| jump_table(image, insns, t),
+        &|t| ex_table(image, insns, t),
+        &|t| alternatives(image, insns, t),
+        &|t| bug_table(image, insns, t),
+        &|t| sites(image, insns, t, "return_sites", RETURN_SITE),
+        &|t| sites(image, insns, t, "retpoline_sites", RETPOLINE_SITE),
+        &|t| t.orc = orc(image),
+    ];
+    let parts: Vec<Tables> = readers
+        .par_iter()
+        .map(|read| {
+            let mut part = Tables::default();
+            read(&mut part);
+            part
+        })
+        .collect();
     let mut t = Tables {
         flags: vec![0; insns.len()],
         ..Default::default()
     };
-    jump_table(image, insns, &mut t);
-    crate::lap("tables: jump labels");
-    ex_table(image, insns, &mut t);
-    crate::lap("tables: exceptions");
-    alternatives(image, insns, &mut t);
-    crate::lap("tables: alternatives");
-    bug_table(image, insns, &mut t);
-    crate::lap("tables: bugs");
-    sites(image, insns, &mut t, "return_sites", RETURN_SITE);
-    sites(image, insns, &mut t, "retpoline_sites", RETPOLINE_SITE);
-    crate::lap("tables: sites");
-    t.orc = orc(image);
-    crate::lap("tables: orc");
+    for part in parts {
+        for (id, flag) in part.marks {
+            t.flags[id as usize] |= flag;
+        }
+        t.jump_labels.extend(part.jump_labels);
+        for (id, fixups) in part.ex_fixups {
+            t.ex_fixups.entry(id).or_default().extend(fixups);
+        }
+        t.alts.extend(part.alts);
+        t.alt_exits.extend(part.alt_exits);
+        t.orc = t.orc.or(part.orc);
+        t.summary.extend(part.summary);
+    }
     if let Some(o) = &t.orc {
         t.summary
             .push(format!("orc: {} entries ({})", o.ips.len(), o.layout));
@@ -197,7 +220,7 @@ fn jump_table(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
         let target = rel(at + 4, s32(e, 4));
         match (insns.at(code), insns.at(target)) {
             (Some(c), Some(d)) if matches!(insns.get(c).kind, Kind::Nop | Kind::Jump) => {
-                t.flags[c as usize] |= JUMP_LABEL;
+                t.marks.push((c, JUMP_LABEL));
                 t.jump_labels.insert(c, d);
                 ok += 1;
             }
@@ -220,7 +243,7 @@ fn ex_table(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
         let fixup = rel(at + 4, s32(e, 4));
         match (insns.at(insn), insns.at(fixup)) {
             (Some(a), Some(f)) => {
-                t.flags[a as usize] |= EX_FAULT;
+                t.marks.push((a, EX_FAULT));
                 t.ex_fixups.entry(a).or_default().push(f);
                 ok += 1;
             }
@@ -292,7 +315,7 @@ fn alternatives(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
         } else if let Some(r) = insns.at(repl) {
             let last = insns.lower_bound(repl + rlen as u64).saturating_sub(1);
             if insns.get(last).end() == repl + rlen as u64 && last >= r {
-                t.flags[last as usize] |= ALT_EXIT;
+                t.marks.push((last, ALT_EXIT));
                 t.alt_exits.insert(last, end);
             }
             Some(r)
@@ -300,9 +323,9 @@ fn alternatives(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
             bad += 1;
             continue;
         };
-        t.flags[o as usize] |= ALT_START;
+        t.marks.push((o, ALT_START));
         for b in o + 1..end {
-            t.flags[b as usize] |= ALT_BODY;
+            t.marks.push((b, ALT_BODY));
         }
         t.alts.entry(o).or_default().push(Alt {
             repl: repl_id,
@@ -331,7 +354,7 @@ fn sites(image: &Image<'_>, insns: &Insns, t: &mut Tables, name: &str, flag: u8)
         let addr = rel(base + 4 * i as u64, s32(e, 0));
         match insns.at(addr) {
             Some(id) if matches!(insns.get(id).kind, Kind::Jump | Kind::JumpCond | Kind::Call) => {
-                t.flags[id as usize] |= flag;
+                t.marks.push((id, flag));
                 ok += 1;
             }
             _ => bad += 1,
@@ -372,7 +395,7 @@ fn bug_table(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
         match insns.at(addr) {
             Some(id) if insns.get(id).kind == Kind::Ud2 => {
                 if flags & 1 != 0 {
-                    t.flags[id as usize] |= WARN_UD2;
+                    t.marks.push((id, WARN_UD2));
                     warn += 1;
                 } else {
                     bug += 1;
