@@ -71,6 +71,10 @@ impl Func<'_> {
     pub fn end_addr(&self) -> u64 {
         self.addr + self.size
     }
+    /// The instruction at the function's address, if one starts there.
+    pub fn entry(&self, insns: &Insns) -> Option<InsnId> {
+        (self.first < self.end && insns.get(self.first).addr == self.addr).then_some(self.first)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -1054,7 +1058,7 @@ fn may_return(
     let n = graph.funcs.len();
     let (entry, start_home) = if (node as usize) < n {
         let func = graph.func(node);
-        let Some(entry) = insns.at(func.addr) else {
+        let Some(entry) = func.entry(insns) else {
             return (true, Vec::new());
         };
         (entry, Some(node))

@@ -372,7 +372,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
 
     fn run(mut self) -> FuncResult {
         let func = self.ctx.graph.func(self.f);
-        let Some(entry) = self.ctx.insns.at(func.addr) else {
+        let Some(entry) = func.entry(self.ctx.insns) else {
             let finding = Finding::new(FindingKind::NoStartingInstruction, func.addr);
             return self.result(vec![finding]);
         };
