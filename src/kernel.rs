@@ -116,22 +116,29 @@ impl Orc {
 
     /// The entry that covers `addr`: the last one at or before it.
     pub fn lookup(&self, addr: u64) -> Option<(u64, &OrcEntry)> {
-        self.lookup_in(addr, 0..self.ips.len())
-    }
-
-    /// [`Orc::lookup`] searching only the entries `window` (which must include the covering
-    /// one: see [`Orc::window`]).
-    pub fn lookup_in(&self, addr: u64, window: std::ops::Range<usize>) -> Option<(u64, &OrcEntry)> {
-        let i = window.start + self.ips[window.clone()].partition_point(|&ip| ip <= addr);
+        let i = self.ips.partition_point(|&ip| ip <= addr);
         (i > 0).then(|| (self.ips[i - 1], &self.entries[i - 1]))
     }
 
-    /// The entries that can cover addresses in `[lo, hi)`: the one in force at `lo` and those
-    /// inside.
-    pub fn window(&self, lo: u64, hi: u64) -> std::ops::Range<usize> {
-        let a = self.ips.partition_point(|&ip| ip <= lo).saturating_sub(1);
-        let b = self.ips.partition_point(|&ip| ip < hi);
-        a..b.max(a)
+    /// [`Orc::lookup`] for a caller that looks up nearby addresses in turn: `hint` holds where
+    /// the previous lookup ended, and the entry there or the next one usually answers without
+    /// a search.
+    pub fn lookup_near(&self, addr: u64, hint: &mut usize) -> Option<(u64, &OrcEntry)> {
+        let fits = |i: usize| {
+            i > 0
+                && i <= self.ips.len()
+                && self.ips[i - 1] <= addr
+                && self.ips.get(i).is_none_or(|&n| n > addr)
+        };
+        let i = if fits(*hint) {
+            *hint
+        } else if fits(*hint + 1) {
+            *hint + 1
+        } else {
+            self.ips.partition_point(|&ip| ip <= addr)
+        };
+        *hint = i;
+        (i > 0).then(|| (self.ips[i - 1], &self.entries[i - 1]))
     }
 }
 
@@ -482,4 +489,44 @@ fn kernel_at_least(image: &Image<'_>, major: u32, minor: u32) -> bool {
         .filter_map(|n| n.parse::<u32>().ok());
     let (ma, mi) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
     (ma, mi) >= (major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearby_lookups_agree_with_a_full_search() {
+        let ips: Vec<u64> = vec![0x100, 0x104, 0x110, 0x111, 0x200];
+        let entries = ips
+            .iter()
+            .map(|&ip| OrcEntry {
+                sp_offset: ip as i16,
+                bp_offset: 0,
+                sp_reg: 0,
+                bp_reg: 0,
+                kind: OrcType::Call,
+                signal: false,
+            })
+            .collect();
+        let orc = Orc {
+            ips,
+            entries,
+            layout: "v3",
+        };
+        for start in 0..8 {
+            let mut hint = start;
+            // Forward, backward and jumping around, from every starting hint.
+            for addr in (0xf0..0x210)
+                .chain((0xf0..0x210).rev())
+                .chain([0x111, 0x100, 0x205])
+            {
+                assert_eq!(
+                    orc.lookup_near(addr, &mut hint),
+                    orc.lookup(addr),
+                    "{addr:#x}"
+                );
+            }
+        }
+    }
 }

@@ -342,8 +342,10 @@ struct Walk<'c, 'a, 'data> {
     extra: Vec<Dest>,
     visited: u64,
     orc: OrcStats,
-    /// The ORC entries that can cover the function's own range, found once.
-    orc_window: Option<std::ops::Range<usize>>,
+    /// Where the last ORC lookup ended (see `Orc::lookup_near`).
+    orc_cursor: usize,
+    /// The executable section of the function's own range, found once.
+    own_section: Option<(u64, u64)>,
     /// The first disagreement with the ORC table; the walk goes on after it.
     orc_finding: Option<Finding>,
 }
@@ -365,7 +367,8 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             extra: Vec::new(),
             visited: 0,
             orc: OrcStats::default(),
-            orc_window: None,
+            orc_cursor: 0,
+            own_section: None,
             orc_finding: None,
         }
     }
@@ -411,18 +414,23 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
 
     /// Compares the ORC entry covering `insn` with the state there.
     fn verify_orc(&mut self, orc: &Orc, addr: u64, state: &Cfi) {
-        let secs = self.ctx.sections;
-        let i = secs.partition_point(|s| s.0 <= addr);
-        let section = if i > 0 { secs[i - 1] } else { (0, 0) };
-        let own = self.ctx.graph.func(self.f);
-        let window = if own.contains(addr) {
-            self.orc_window
-                .get_or_insert_with(|| orc.window(own.addr, own.end_addr()))
-                .clone()
-        } else {
-            0..orc.ips.len()
+        let section_of = |addr: u64| {
+            let secs = self.ctx.sections;
+            let i = secs.partition_point(|s| s.0 <= addr);
+            if i > 0 {
+                secs[i - 1]
+            } else {
+                (0, 0)
+            }
         };
-        let mut verdict = orc::verify_in(orc, window, addr, section, state);
+        let own = self.ctx.graph.func(self.f);
+        let section = if own.contains(addr) {
+            *self.own_section.get_or_insert_with(|| section_of(own.addr))
+        } else {
+            section_of(addr)
+        };
+        let covering = orc.lookup_near(addr, &mut self.orc_cursor);
+        let mut verdict = orc::verify_entry(covering, addr, section, state);
         if matches!(verdict, Verdict::Mismatch(_)) {
             let in_alt_body = self
                 .ctx

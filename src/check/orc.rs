@@ -188,18 +188,17 @@ impl OrcStats {
 /// Checks the entry covering `addr` (searching only `ips[lo..hi]` when the caller knows the
 /// window) against state `c`. `section` bounds which entries may cover the address.
 pub fn verify(orc: &Orc, addr: u64, section: (u64, u64), c: &Cfi) -> Verdict {
-    verify_in(orc, 0..orc.ips.len(), addr, section, c)
+    verify_entry(orc.lookup(addr), addr, section, c)
 }
 
 /// [`verify`] searching only the entries `window` (see [`Orc::window`]).
-pub fn verify_in(
-    orc: &Orc,
-    window: std::ops::Range<usize>,
+pub fn verify_entry(
+    covering: Option<(u64, &OrcEntry)>,
     addr: u64,
     section: (u64, u64),
     c: &Cfi,
 ) -> Verdict {
-    let Some((ip, e)) = orc.lookup_in(addr, window) else {
+    let Some((ip, e)) = covering else {
         return Verdict::Uncovered;
     };
     if ip < section.0 || addr >= section.1 {
