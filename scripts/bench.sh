@@ -142,23 +142,7 @@ if [ "$kernels" = 1 ]; then
         rss_check=$(median_rss_kb 3 "$bin" check --no-progress --quiet "$image")
         rss_j1=$(median_rss_kb 3 "$bin" check --jobs 1 --no-progress --quiet "$image")
         "$bin" check --no-progress --time "$image" >/dev/null 2>"$out/$tag-phases.txt" || true
-        record "$tag" "$(python3 - "$out" "$tag" "$insns" "$bytes" "$rss_decode" "$rss_check" "$rss_j1" <<'EOF'
-import json, sys
-out, tag, insns, nbytes, rd, rc, rj = sys.argv[1:]
-def t(name):
-    r = json.load(open(f"{out}/{tag}-{name}.json"))["results"][0]
-    return dict(median=r["median"], stddev=r["stddev"] or 0.0, min=r["min"], max=r["max"], runs=len(r["times"]))
-phases = {}
-for line in open(f"{out}/{tag}-phases.txt"):
-    if "time:" in line:
-        name, ms = line.split("time:")[1].split()[:2]
-        phases[name] = float(ms) / 1e3
-print(json.dumps(dict(insns=int(insns), bytes=int(nbytes),
-    decode=t("decode"), check=t("check"), check_j1=t("check-j1"),
-    progress_default=t("progress-default"), progress_off=t("progress-off"),
-    rss_kb=dict(decode=int(rd), check=int(rc), check_j1=int(rj)), phases=phases)))
-EOF
-)"
+        record "$tag" "$(python3 scripts/bench_result.py kernel "$out" "$tag" "$insns" "$bytes" "$rss_decode" "$rss_check" "$rss_j1")"
     done < <(scripts/fetch-kernels.sh all)
 fi
 
@@ -184,22 +168,7 @@ if [ "$scale" = 1 ]; then
         rss_check=$(median_rss_kb $rss_runs "$bin" check --no-progress --quiet "$image")
         "$bin" check --no-progress --time "$image" >/dev/null 2>"$out/$tag-phases.txt" || true
         findings=$(wc -l <"$out/synthetic-findings.tmp")
-        record "$tag" "$(python3 - "$out" "$tag" "$mb" "$insns" "$bytes" "$rss_decode" "$rss_check" "$findings" "$rss_runs" <<'EOF'
-import json, sys
-out, tag, mb, insns, nbytes, rd, rc, findings, rss_runs = sys.argv[1:]
-def t(name):
-    r = json.load(open(f"{out}/{tag}-{name}.json"))["results"][0]
-    return dict(median=r["median"], stddev=r["stddev"] or 0.0, min=r["min"], max=r["max"], runs=len(r["times"]))
-phases = {}
-for line in open(f"{out}/{tag}-phases.txt"):
-    if "time:" in line:
-        name, ms = line.split("time:")[1].split()[:2]
-        phases[name] = float(ms) / 1e3
-print(json.dumps(dict(size_mb=int(mb), insns=int(insns), bytes=int(nbytes), decode=t("decode"),
-    check=t("check"), rss_kb=dict(decode=int(rd), check=int(rc)), rss_runs=int(rss_runs),
-    findings=int(findings), phases=phases)))
-EOF
-)"
+        record "$tag" "$(python3 scripts/bench_result.py synthetic "$out" "$tag" "$mb" "$insns" "$bytes" "$rss_decode" "$rss_check" "$findings" "$rss_runs")"
     done
     record scale_sizes "$(python3 -c 'import json,sys; print(json.dumps([int(x) for x in sys.argv[1:]]))' $scale_sizes)"
 fi
@@ -268,6 +237,11 @@ if kern:
              "|---|" + "---:|" * len(kern[0][1]["phases"])]
     for name, r in kern:
         rows.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in r["phases"].values()) + " |")
+    if all(r.get("steps") for _, r in kern):
+        rows += ["", "Steps inside the phases (same run; the kernel tables are read in parallel and have no steps):", "",
+                 "| step | " + " | ".join(name for name, _ in kern) + " |", "|---|" + "---:|" * len(kern)]
+        for step in kern[0][1]["steps"]:
+            rows.append(f"| {step} | " + " | ".join(f"{r['steps'].get(step, 0):.3f}" for _, r in kern) + " |")
     rows += ["", "The progress bar when it is hidden (stderr redirected to a file, so not a terminal; "
              "summary and timings still printed):", "",
              "| vmlinux | default (bar allowed) | `--no-progress` | ratio |", "|---|---:|---:|---:|"]
@@ -277,7 +251,8 @@ if kern:
     runs = kern[0][1]["check"]["runs"]
     sections["kernels"] = [head("machine_kernels"), "", f"Wall time: median ± standard deviation of {runs} runs after one warm-up "
         "(hyperfine, page cache warm). Peak RSS: `/usr/bin/time -v`, median of 3 runs. "
-        "(a) `stackval decode IMAGE`, (b) `stackval check --no-progress --quiet IMAGE` (all cores; ORC "
+        "(a) `stackval decode IMAGE` (map and parse the image, then iced-x86 over every executable byte on all "
+        "cores, keeping nothing: the floor), (b) `stackval check --no-progress --quiet IMAGE` (all cores; ORC "
         "verification on, as by default), (c) the same with `--jobs 1`.", ""] + rows
 
 # Scaling.

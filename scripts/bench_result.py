@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""One benchmark result as JSON, for scripts/bench.sh (which merges it into results.json).
+
+    bench_result.py kernel    OUT TAG INSNS BYTES RSS_DECODE RSS_CHECK RSS_JOBS1
+    bench_result.py synthetic OUT TAG MB INSNS BYTES RSS_DECODE RSS_CHECK FINDINGS RSS_RUNS
+
+Reads OUT/TAG-<run>.json (hyperfine exports) and OUT/TAG-phases.txt (`stackval check --time`:
+phase lines `stackval: time: NAME  MS ms`, and the steps inside a phase indented under it).
+"""
+import json
+import re
+import sys
+
+PHASE = re.compile(r"stackval: time: (\S+) +([\d.]+) ms")
+STEP = re.compile(r"stackval: time:   (\S.*?) +([\d.]+) ms")
+
+
+def timing(out, tag, name):
+    r = json.load(open(f"{out}/{tag}-{name}.json"))["results"][0]
+    return dict(median=r["median"], stddev=r["stddev"] or 0.0, min=r["min"], max=r["max"],
+                runs=len(r["times"]))
+
+
+def phases(out, tag):
+    top, steps, current = {}, {}, None
+    for line in open(f"{out}/{tag}-phases.txt"):
+        if m := PHASE.match(line):
+            current = m.group(1)
+            top[current] = float(m.group(2)) / 1e3
+        elif (m := STEP.match(line)) and current:
+            steps[f"{current}: {m.group(1)}"] = float(m.group(2)) / 1e3
+    return top, steps
+
+
+def main():
+    kind, out, tag, *rest = sys.argv[1:]
+    top, steps = phases(out, tag)
+    if kind == "kernel":
+        insns, nbytes, rd, rc, rj = rest
+        result = dict(insns=int(insns), bytes=int(nbytes),
+                      decode=timing(out, tag, "decode"), check=timing(out, tag, "check"),
+                      check_j1=timing(out, tag, "check-j1"),
+                      progress_default=timing(out, tag, "progress-default"),
+                      progress_off=timing(out, tag, "progress-off"),
+                      rss_kb=dict(decode=int(rd), check=int(rc), check_j1=int(rj)))
+    else:
+        mb, insns, nbytes, rd, rc, findings, rss_runs = rest
+        result = dict(size_mb=int(mb), insns=int(insns), bytes=int(nbytes),
+                      decode=timing(out, tag, "decode"), check=timing(out, tag, "check"),
+                      rss_kb=dict(decode=int(rd), check=int(rc)), rss_runs=int(rss_runs),
+                      findings=int(findings))
+    result.update(phases=top, steps=steps)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
