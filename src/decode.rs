@@ -453,8 +453,12 @@ pub fn pieces<'data>(image: &Image<'data>) -> Vec<(u64, &'data [u8])> {
         // does not is for the checks to report, not for the decoder to paper over.
         let mut cuts = Vec::new();
         let mut covered_to = 0u64;
-        for s in image
+        // Symbols are sorted by address: only those in the section's range can be in it.
+        let lo = image.symbols.partition_point(|s| s.addr < sec.addr);
+        let hi = image
             .symbols
+            .partition_point(|s| s.addr <= sec.addr + sec.data.len() as u64);
+        for s in image.symbols[lo..hi]
             .iter()
             .filter(|s| s.section as usize == si && s.kind != SymKind::Object)
         {

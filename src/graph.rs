@@ -283,6 +283,7 @@ fn from_funcs<'data>(
     frame_pointer: bool,
 ) -> Graph<'data> {
     let insn_func = insn_funcs(&funcs, insns.len());
+    crate::lap("graph: owners");
     link_cold_parts(&mut funcs, &insn_func, insns);
     crate::lap("graph: cold parts");
     funcs
@@ -460,7 +461,9 @@ fn insn_funcs(funcs: &[Func<'_>], n: usize) -> Vec<FuncId> {
 }
 
 fn insn_funcs_in(funcs: &[Func<'_>], n: usize, chunk_len: usize) -> Vec<FuncId> {
-    let mut out = vec![NO_FUNC; n];
+    // Zeroed memory comes from the system already cleared; the real initial value is written
+    // in parallel below, stretch by stretch.
+    let mut out = vec![0; n];
     // reach[k]: the furthest any of the first k + 1 functions extends.
     let reach: Vec<InsnId> = funcs
         .iter()
@@ -479,6 +482,7 @@ fn insn_funcs_in(funcs: &[Func<'_>], n: usize, chunk_len: usize) -> Vec<FuncId> 
             // that may reach past `lo`) to `last` (the first starting at or after `hi`) can overlap.
             let last = funcs.partition_point(|f| (f.first as usize) < hi);
             let i = reach.partition_point(|&r| (r as usize) <= lo);
+            chunk.fill(NO_FUNC);
             for (k, f) in funcs.iter().enumerate().take(last).skip(i) {
                 let (a, b) = ((f.first as usize).max(lo), (f.end as usize).min(hi));
                 if a < b {
@@ -522,7 +526,7 @@ pub fn cold_parent_name(name: &str) -> Option<&str> {
 /// jump is found.
 fn link_cold_parts(funcs: &mut [Func<'_>], insn_func: &[FuncId], insns: &Insns) {
     let is_cold: Vec<bool> = funcs
-        .iter()
+        .par_iter()
         .map(|f| cold_parent_name(f.name).is_some())
         .collect();
     if !is_cold.iter().any(|&c| c) {
@@ -543,15 +547,26 @@ fn link_cold_parts(funcs: &mut [Func<'_>], insn_func: &[FuncId], insns: &Insns) 
             (is_cold[c] && from != c && (from == usize::MAX || !is_cold[from])).then_some((c, from))
         })
         .collect();
-    jumps.sort_unstable();
+    jumps.par_sort_unstable();
     jumps.dedup();
+    // The functions named as some part's parent, by name: only those names are looked up.
+    let wanted: rustc_hash::FxHashSet<&str> = funcs
+        .iter()
+        .zip(&is_cold)
+        .filter(|(_, &c)| c)
+        .filter_map(|(f, _)| cold_parent_name(f.name))
+        .collect();
+    let named_funcs: Vec<(&str, FuncId)> = funcs
+        .par_iter()
+        .enumerate()
+        .filter(|&(i, f)| !is_cold[i] && wanted.contains(f.name))
+        .map(|(i, f)| (f.name, i as FuncId))
+        .collect();
     let mut by_name: HashMap<&str, Vec<FuncId>> = HashMap::default();
-    for (i, f) in funcs.iter().enumerate() {
-        if !is_cold[i] {
-            by_name.entry(f.name).or_default().push(i as FuncId);
-        }
+    for (name, i) in named_funcs {
+        by_name.entry(name).or_default().push(i);
     }
-    for (i, func) in funcs.iter_mut().enumerate() {
+    for (i, func) in funcs.iter_mut().enumerate().filter(|(i, _)| is_cold[*i]) {
         let Some(parent_name) = cold_parent_name(func.name) else {
             continue;
         };
