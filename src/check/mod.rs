@@ -332,8 +332,10 @@ struct Walk<'c, 'a, 'data> {
     own: Vec<u64>,
     /// Visited instructions elsewhere (cold parts, other functions, code outside functions).
     other: HashMap<InsnId, ()>,
-    /// States at branch targets, where paths can meet.
-    states: HashMap<InsnId, Cfi>,
+    /// States at branch targets, where paths can meet: indexes into `saved`, so that growing
+    /// the map moves small entries, not whole states.
+    states: HashMap<InsnId, u32>,
+    saved: Vec<Cfi>,
     /// Paths still to walk, last first. Pushing in the right order reproduces objtool's
     /// depth-first order (table paths before the original instruction, a conditional
     /// jump's target before its fall-through), so the first finding in a function is the
@@ -363,6 +365,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             own: vec![0; ((func.end - func.first) as usize).div_ceil(64)],
             other: HashMap::default(),
             states: HashMap::default(),
+            saved: Vec::new(),
             work: Vec::new(),
             extra: Vec::new(),
             visited: 0,
@@ -511,7 +514,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             if mode == Mode::Enter {
                 let first_visit = self.visit(id);
                 if ctx.graph.is_target(id) {
-                    if let Some(prev) = self.states.get(&id) {
+                    if let Some(prev) = self.states.get(&id).map(|&k| &self.saved[k as usize]) {
                         if let Some(detail) = prev.mismatch(&state) {
                             return Err(Stop(if fp && prev.frame_pointer_mismatch(&state) {
                                 Finding::new(FindingKind::FramePointerMismatch, insn.addr)
@@ -524,7 +527,8 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                             }));
                         }
                     } else {
-                        self.states.insert(id, state);
+                        self.states.insert(id, self.saved.len() as u32);
+                        self.saved.push(state);
                     }
                 }
                 if !first_visit {
