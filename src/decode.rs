@@ -129,25 +129,106 @@ impl StackOp {
     }
 }
 
+/// One decoded instruction in 24 bytes (a whole kernel has millions: every byte here is
+/// megabytes to fill and to read back). A direct branch has no stack effect, so its resolved
+/// target shares a field with a stack operation's immediate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Insn {
     pub addr: u64,
-    /// Direct branch target; for an indirect jump or [`Kind::TableLoad`] through
-    /// `disp(,%idx,8)`, the table's address; otherwise 0.
-    pub target: u64,
-    /// The instruction a direct branch lands on, or [`NO_INSN`] (resolved once, after decoding).
-    pub target_id: InsnId,
+    /// A direct branch's target minus its end; for an indirect jump or [`Kind::TableLoad`]
+    /// through `disp(,%idx,8)`, the table's address (a sign-extended 32-bit displacement);
+    /// otherwise 0.
+    rel: i32,
+    /// A direct branch's target instruction ([`NO_INSN`] until resolved, after decoding);
+    /// otherwise the stack operation's immediate.
+    data: u32,
     pub len: u8,
     pub kind: Kind,
-    pub op: StackOp,
+    op_kind: OpKind,
+    op_reg: u8,
+    op_base: u8,
 }
 
+const _: () = assert!(std::mem::size_of::<Insn>() == 24);
+
 impl Insn {
+    /// `target`: a direct branch's target or a table's address (see [`Insn::target`]).
+    pub fn new(addr: u64, len: u8, kind: Kind, target: u64, op: StackOp) -> Insn {
+        let mut insn = Insn {
+            addr,
+            rel: 0,
+            data: op.imm as u32,
+            len,
+            kind,
+            op_kind: op.kind,
+            op_reg: op.reg,
+            op_base: op.base,
+        };
+        if insn.is_branch() {
+            insn.data = NO_INSN;
+            let rel = target.wrapping_sub(insn.end()) as i64;
+            match i32::try_from(rel) {
+                Ok(rel) => insn.rel = rel,
+                // A near branch always reaches within 2 GiB; anything else is not followed.
+                Err(_) => {
+                    insn.kind = match kind {
+                        Kind::Call => Kind::CallIndirect,
+                        _ => Kind::JumpIndirect,
+                    }
+                }
+            }
+        } else if matches!(kind, Kind::JumpIndirect | Kind::TableLoad) {
+            // The CPU sign-extends a 32-bit displacement; one that does not round-trip is not
+            // a table address we can read.
+            insn.rel = i32::try_from(target as i64).unwrap_or(0);
+        }
+        insn
+    }
+
     pub fn end(&self) -> u64 {
         self.addr + self.len as u64
     }
+
     pub fn is_branch(&self) -> bool {
         matches!(self.kind, Kind::Jump | Kind::JumpCond | Kind::Call)
+    }
+
+    /// A direct branch's target; for an indirect jump or [`Kind::TableLoad`] through
+    /// `disp(,%idx,8)`, the table's address; otherwise 0.
+    pub fn target(&self) -> u64 {
+        if self.is_branch() {
+            self.end().wrapping_add(self.rel as i64 as u64)
+        } else {
+            self.rel as i64 as u64
+        }
+    }
+
+    /// The instruction a direct branch lands on, or [`NO_INSN`].
+    pub fn target_id(&self) -> InsnId {
+        if self.is_branch() {
+            self.data
+        } else {
+            NO_INSN
+        }
+    }
+
+    fn set_target_id(&mut self, id: InsnId) {
+        debug_assert!(self.is_branch());
+        self.data = id;
+    }
+
+    /// The instruction's one stack-pointer effect.
+    pub fn op(&self) -> StackOp {
+        StackOp {
+            kind: self.op_kind,
+            reg: self.op_reg,
+            base: self.op_base,
+            imm: if self.is_branch() {
+                0
+            } else {
+                self.data as i32
+            },
+        }
     }
 }
 
@@ -177,16 +258,13 @@ pub const HUGE_PAGE: usize = 2 << 20;
 /// zero-filled mapping be viewed as a slice of them.
 const ZERO: Insn = Insn {
     addr: 0,
-    target: 0,
-    target_id: 0,
+    rel: 0,
+    data: 0,
     len: 0,
     kind: Kind::Other,
-    op: StackOp {
-        kind: OpKind::None,
-        reg: 0,
-        base: 0,
-        imm: 0,
-    },
+    op_kind: OpKind::None,
+    op_reg: 0,
+    op_base: 0,
 };
 
 impl InsnList {
@@ -365,7 +443,7 @@ impl Insns {
     /// Takes an address-sorted list and resolves every direct branch's target once.
     pub fn new(mut list: Vec<Insn>, bytes: u64) -> Insns {
         for i in list.iter_mut().filter(|i| i.is_branch()) {
-            i.target_id = RESOLVE_LATER;
+            i.set_target_id(RESOLVE_LATER);
         }
         let mut sides = Sides::default();
         sides.collect(&list, 0..list.len(), 0);
@@ -393,13 +471,13 @@ impl Insns {
                 side.par_iter_mut()
                     .filter(|e| e.1 == RESOLVE_LATER)
                     .map(|e| {
-                        e.1 = self.at(self.list[e.0 as usize].target).unwrap_or(NO_INSN);
+                        e.1 = self.at(self.list[e.0 as usize].target()).unwrap_or(NO_INSN);
                         *e
                     }),
             );
         }
         for (from, to) in found {
-            self.list[from as usize].target_id = to;
+            self.list[from as usize].set_target_id(to);
         }
         self.calls = calls;
         self.jumps = jumps;
@@ -407,7 +485,7 @@ impl Insns {
 
     /// The instruction a direct branch at `id` lands on.
     pub fn target(&self, id: InsnId) -> Option<InsnId> {
-        let t = self.list[id as usize].target_id;
+        let t = self.list[id as usize].target_id();
         (t != NO_INSN).then_some(t)
     }
 
@@ -683,10 +761,10 @@ impl Sides {
         for k in which {
             let i = &list[k];
             let id = base + k as InsnId;
-            let to = if i.target_id < RESOLVE_LATER {
-                i.target_id + base
+            let to = if i.target_id() < RESOLVE_LATER {
+                i.target_id() + base
             } else {
-                i.target_id
+                i.target_id()
             };
             match i.kind {
                 Kind::Call => self.calls.push((id, to)),
@@ -720,8 +798,8 @@ impl Slots {
         dst.copy_from_slice(batch);
         for &k in branches {
             let d = &mut dst[k as usize];
-            if d.target_id < RESOLVE_LATER {
-                d.target_id += start as InsnId;
+            if d.target_id() < RESOLVE_LATER {
+                d.set_target_id(d.target_id() + start as InsnId);
             }
         }
     }
@@ -758,11 +836,13 @@ fn resolve_local(batch: &mut [Insn], marked: &[u32]) {
         if !insn.is_branch() {
             continue;
         }
-        batch[k].target_id = if insn.target >= lo && insn.target < hi {
-            search_near(batch, k, insn.target).map_or(NO_INSN, |n| n as InsnId)
+        let target = insn.target();
+        let id = if target >= lo && target < hi {
+            search_near(batch, k, target).map_or(NO_INSN, |n| n as InsnId)
         } else {
             RESOLVE_LATER
         };
+        batch[k].set_target_id(id);
     }
 }
 
@@ -812,14 +892,13 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) {
                 Some([0x0b, b'x', b'e', b'n'] | [0x0b, b'k', b'v', b'm'])
             )
         {
-            emit(Insn {
-                addr: addr + pos as u64,
-                target: 0,
-                target_id: NO_INSN,
-                len: 5,
-                kind: Kind::Other,
-                op: StackOp::NONE,
-            });
+            emit(Insn::new(
+                addr + pos as u64,
+                5,
+                Kind::Other,
+                0,
+                StackOp::NONE,
+            ));
             pos += 5;
             let _ = decoder.set_position(pos);
             decoder.set_ip(addr + pos as u64);
@@ -827,14 +906,13 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) {
         }
         decoder.decode_out(&mut ins);
         if ins.is_invalid() {
-            emit(Insn {
-                addr: addr + pos as u64,
-                target: 0,
-                target_id: NO_INSN,
-                len: 1,
-                kind: Kind::Invalid,
-                op: StackOp::NONE,
-            });
+            emit(Insn::new(
+                addr + pos as u64,
+                1,
+                Kind::Invalid,
+                0,
+                StackOp::NONE,
+            ));
             pos += 1;
             // Positions inside `bytes` are always valid.
             let _ = decoder.set_position(pos);
@@ -876,16 +954,10 @@ fn is_gpr64(r: Register) -> bool {
 
 /// Turns one decoded instruction into its compact form.
 pub fn classify(ins: &Instruction) -> Insn {
-    let mut insn = Insn {
-        addr: ins.ip(),
-        target: 0,
-        target_id: NO_INSN,
-        len: ins.len() as u8,
-        kind: Kind::Other,
-        op: StackOp::NONE,
-    };
+    let mut target = 0;
+    let mut op = StackOp::NONE;
     let m = ins.mnemonic();
-    insn.kind = match m {
+    let mut kind = match m {
         Mnemonic::Syscall
         | Mnemonic::Sysret
         | Mnemonic::Sysretq
@@ -912,16 +984,16 @@ pub fn classify(ins: &Instruction) -> Insn {
             _ => Kind::Other,
         },
     };
-    match insn.kind {
+    match kind {
         Kind::Call | Kind::Jump | Kind::JumpCond => {
             if matches!(
                 ins.op0_kind(),
                 IcedOp::NearBranch64 | IcedOp::NearBranch32 | IcedOp::NearBranch16
             ) {
-                insn.target = ins.near_branch_target();
+                target = ins.near_branch_target();
             } else {
                 // Far branches: no target we can follow.
-                insn.kind = match insn.kind {
+                kind = match kind {
                     Kind::Call => Kind::CallIndirect,
                     _ if ins.is_jmp_far() || ins.is_jmp_far_indirect() => Kind::FarJump,
                     _ => Kind::JumpIndirect,
@@ -930,32 +1002,31 @@ pub fn classify(ins: &Instruction) -> Insn {
         }
         Kind::JumpIndirect => {
             if let Some(t) = table_operand(ins, 0) {
-                insn.target = t;
+                target = t;
             }
             if ins.op0_kind() == IcedOp::Register {
-                insn.op.reg = gpr(ins.op0_register()).unwrap_or(reg::NONE);
+                op.reg = gpr(ins.op0_register()).unwrap_or(reg::NONE);
             }
         }
         Kind::Iretq => {
             // Modelled as the five-word pop it performs; see check::state.
-            insn.op = StackOp::new(OpKind::AddSp, reg::NONE, reg::NONE, 40);
+            op = StackOp::new(OpKind::AddSp, reg::NONE, reg::NONE, 40);
         }
         _ => {}
     }
-    if insn.kind == Kind::Other {
-        insn.op = stack_op(ins);
-        if insn.op.kind == OpKind::None && m == Mnemonic::Mov && ins.op0_kind() == IcedOp::Register
-        {
+    if kind == Kind::Other {
+        op = stack_op(ins);
+        if op.kind == OpKind::None && m == Mnemonic::Mov && ins.op0_kind() == IcedOp::Register {
             if let Some(t) = table_operand(ins, 1) {
                 if let Some(r) = gpr(ins.op0_register()) {
-                    insn.kind = Kind::TableLoad;
-                    insn.target = t;
-                    insn.op.reg = r;
+                    kind = Kind::TableLoad;
+                    target = t;
+                    op.reg = r;
                 }
             }
         }
     }
-    insn
+    Insn::new(ins.ip(), ins.len() as u8, kind, target, op)
 }
 
 /// The table address of a `disp(,%idx,8)` memory operand at `op`.
@@ -1145,11 +1216,11 @@ mod tests {
     #[test]
     fn branch_targets_resolve() {
         let call = one(&[0xe8, 0x10, 0x00, 0x00, 0x00]);
-        assert_eq!((call.kind, call.target), (Kind::Call, BASE + 5 + 0x10));
+        assert_eq!((call.kind, call.target()), (Kind::Call, BASE + 5 + 0x10));
         let jmp = one(&[0xeb, 0xfe]);
-        assert_eq!((jmp.kind, jmp.target), (Kind::Jump, BASE));
+        assert_eq!((jmp.kind, jmp.target()), (Kind::Jump, BASE));
         let jz = one(&[0x0f, 0x84, 0x00, 0x01, 0x00, 0x00]);
-        assert_eq!((jz.kind, jz.target), (Kind::JumpCond, BASE + 6 + 0x100));
+        assert_eq!((jz.kind, jz.target()), (Kind::JumpCond, BASE + 6 + 0x100));
     }
 
     #[test]
@@ -1157,20 +1228,20 @@ mod tests {
         // jmp *0xffffffff82000000(,%rax,8)
         let j = one(&[0xff, 0x24, 0xc5, 0x00, 0x00, 0x00, 0x82]);
         assert_eq!(
-            (j.kind, j.target),
+            (j.kind, j.target()),
             (Kind::JumpIndirect, 0xffff_ffff_8200_0000)
         );
         // mov 0xffffffff82000000(,%rdi,8),%rax
         let l = one(&[0x48, 0x8b, 0x04, 0xfd, 0x00, 0x00, 0x00, 0x82]);
         assert_eq!(
-            (l.kind, l.target, l.op.reg),
+            (l.kind, l.target(), l.op().reg),
             (Kind::TableLoad, 0xffff_ffff_8200_0000, reg::AX)
         );
     }
 
     #[test]
     fn stack_ops() {
-        let op = |b: &[u8]| one(b).op;
+        let op = |b: &[u8]| one(b).op();
         assert_eq!(op(&[0x55]).kind, OpKind::PushReg);
         assert_eq!(op(&[0x55]).reg, reg::BP);
         assert_eq!(op(&[0x41, 0x57]).reg, reg::R15);

@@ -642,7 +642,7 @@ fn scan_function(
                 let Some((image, relocs)) = data else {
                     continue;
                 };
-                let Some(r) = thunk_register(image, insn.target) else {
+                let Some(r) = thunk_register(image, insn.target()) else {
                     continue;
                 };
                 if let Some(t) = switch_table(graph, image, insns, relocs, f, id, r) {
@@ -674,7 +674,7 @@ fn scan_function(
                 let Some((image, relocs)) = data else {
                     continue;
                 };
-                if let Some(t) = switch_table(graph, image, insns, relocs, f, id, insn.op.reg) {
+                if let Some(t) = switch_table(graph, image, insns, relocs, f, id, insn.op().reg) {
                     tables.push((id, t));
                 }
             }
@@ -697,7 +697,7 @@ fn switch_table(
     let insn = insns.get(jump);
     let func = graph.func(f);
     let mut table = if insn.kind == Kind::JumpIndirect {
-        insn.target
+        insn.target()
     } else {
         0
     };
@@ -708,8 +708,8 @@ fn switch_table(
         table = (lo..jump)
             .rev()
             .map(|i| insns.get(i))
-            .find(|x| x.kind == Kind::TableLoad && x.op.reg == r)?
-            .target;
+            .find(|x| x.kind == Kind::TableLoad && x.op().reg == r)?
+            .target();
     }
     let sec = image.section_at(table)?;
     if sec.exec || sec.data.is_empty() {

@@ -152,7 +152,7 @@ fn iret_frame_built(insns: &Insns, id: InsnId) -> bool {
         if i.kind != Kind::Other || i.end() != insns.get(p + 1).addr {
             return false;
         }
-        match i.op.kind {
+        match i.op().kind {
             OpKind::Push | OpKind::PushReg => {
                 pushes += 1;
                 if pushes == 5 {
@@ -588,7 +588,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             {
                 return Err(Stop(Finding::new(FindingKind::CallWithoutFrame, insn.addr)));
             }
-            if let Err(e) = state.apply(&insn.op) {
+            if let Err(e) = state.apply(&insn.op()) {
                 // objtool's exception: an rsp change it cannot follow is fine when the next
                 // instruction carries an unwind hint that says what the state is. In code
                 // outside functions the hints survive as ORC entries.
