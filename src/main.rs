@@ -224,6 +224,13 @@ fn check(args: CheckArgs) -> ExitCode {
             );
         }
         if args.time {
+            eprintln!(
+                "stackval: time: work: {:.1} MB of code, {} instructions walked, {} noreturn rounds, {} switch tables",
+                s.text_bytes as f64 / (1 << 20) as f64,
+                s.insns_visited,
+                s.noreturn_rounds,
+                s.switch_tables
+            );
             for (phase, d) in &s.phases {
                 eprintln!(
                     "stackval: time: {phase:<9} {:>9.3} ms",
