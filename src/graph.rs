@@ -1089,12 +1089,26 @@ fn may_return(
             .map(|k| (n + k) as u32)
     };
     let mut blockers = Vec::new();
-    let mut seen = rustc_hash::FxHashSet::default();
+    // Seen instructions: a bit per instruction of the node's own function, a set for the rest.
+    let own = start_home.map_or(0..0, |f| graph.func(f).first..graph.func(f).end);
+    let mut seen_own = vec![0u64; own.len().div_ceil(64)];
+    let mut seen_other = rustc_hash::FxHashSet::default();
+    let mut first_visit = |id: InsnId| {
+        if own.contains(&id) {
+            let i = (id - own.start) as usize;
+            let (w, b) = (i / 64, 1u64 << (i % 64));
+            let new = seen_own[w] & b == 0;
+            seen_own[w] |= b;
+            new
+        } else {
+            seen_other.insert(id)
+        }
+    };
     let mut work = vec![(entry, start_home)];
     let mut extra = Vec::new();
     while let Some((mut id, mut home)) = work.pop() {
         loop {
-            if !seen.insert(id) {
+            if !first_visit(id) {
                 break;
             }
             let mut go = |d: Dest, work: &mut Vec<(InsnId, Option<FuncId>)>| -> Option<bool> {
