@@ -465,19 +465,30 @@ impl Insns {
     fn resolve_later(&mut self) {
         let mut calls = std::mem::take(&mut self.calls);
         let mut jumps = std::mem::take(&mut self.jumps);
-        let mut found = Vec::new();
         for side in [&mut calls, &mut jumps] {
-            found.par_extend(
-                side.par_iter_mut()
-                    .filter(|e| e.1 == RESOLVE_LATER)
-                    .map(|e| {
-                        e.1 = self.at(self.list[e.0 as usize].target()).unwrap_or(NO_INSN);
-                        *e
-                    }),
-            );
-        }
-        for (from, to) in found {
-            self.list[from as usize].set_target_id(to);
+            // In the side list's order, so sorted by branch.
+            let found: Vec<(InsnId, InsnId)> = side
+                .par_iter_mut()
+                .filter(|e| e.1 == RESOLVE_LATER)
+                .map(|e| {
+                    e.1 = self.at(self.list[e.0 as usize].target()).unwrap_or(NO_INSN);
+                    *e
+                })
+                .collect();
+            // Written back in parallel, each stretch of the list taking its own branches.
+            const CHUNK: usize = 1 << 16;
+            self.list
+                .par_chunks_mut(CHUNK)
+                .enumerate()
+                .for_each(|(c, chunk)| {
+                    let lo = (c * CHUNK) as InsnId;
+                    let hi = lo + chunk.len() as InsnId;
+                    let a = found.partition_point(|e| e.0 < lo);
+                    let b = found.partition_point(|e| e.0 < hi);
+                    for &(from, to) in &found[a..b] {
+                        chunk[(from - lo) as usize].set_target_id(to);
+                    }
+                });
         }
         self.calls = calls;
         self.jumps = jumps;

@@ -376,9 +376,11 @@ fn from_funcs<'data>(
         .map(|f| scan_function(&graph, image.zip(table_relocs.as_ref()), insns, tables, f))
         .collect();
     crate::lap("graph: scan");
-    let mut edges = Vec::new();
-    for (e, t) in per_func {
-        edges.extend(e);
+    let mut edges: Vec<Edge> = per_func
+        .par_iter()
+        .flat_map_iter(|(e, _)| e.iter().copied())
+        .collect();
+    for (_, t) in per_func {
         graph.tables.extend(t);
     }
     edges.par_sort_unstable();
