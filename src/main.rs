@@ -209,7 +209,7 @@ fn check(args: CheckArgs) -> ExitCode {
             }
         }
         let s = &checked.stats;
-        if let Some(o) = &s.orc_verified {
+        if let Some(o) = s.orc_verified.as_ref().filter(|_| !args.quiet) {
             let checked = o.confirmed + o.mismatched;
             eprintln!(
                 "stackval: orc: {} of {} instructions confirmed ({:.3}%), {} mismatched, {} uncovered, {} undefined, {} regs hints, {} in alternative groups",
