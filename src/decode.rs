@@ -641,52 +641,87 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
     let batch_sides: Vec<std::sync::OnceLock<Sides>> = (0..batches.len())
         .map(|_| std::sync::OnceLock::new())
         .collect();
+    // A batch this much larger than the others (one piece with no symbol to cut it: 2 MB of
+    // zeros decodes as a million instructions) is decoded straight into the list once its
+    // place is known, rather than into a scratch vector as large as itself.
+    let big = batch.saturating_mul(4);
     rayon::broadcast(|_| {
         let mut scratch: Vec<Insn> = Vec::new();
-        // The batch's calls, jumps and returns (indexes into `scratch`).
+        // The batch's calls, jumps and returns (indexes into the batch).
         let mut marks: Vec<u32> = Vec::new();
+        let place_of = |b: usize| match b.checked_sub(1) {
+            None => (0, None),
+            Some(p) => {
+                let end = wait_for(&ends[p]);
+                let last = last_addrs[p].load(Ordering::Relaxed);
+                (end, (end > 0).then_some(last))
+            }
+        };
         loop {
             let b = next.fetch_add(1, Ordering::Relaxed);
             let Some(batch) = batches.get(b) else { break };
             scratch.clear();
             marks.clear();
-            for &(addr, code) in batch.iter() {
-                decode_with(addr, code, |insn| {
-                    if Sides::wanted(&insn) {
-                        marks.push(scratch.len() as u32);
-                    }
-                    scratch.push(insn);
-                });
-            }
-            resolve_local(&mut scratch, &marks);
-            let (start, prev_last) = match b.checked_sub(1) {
-                None => (0, None),
-                Some(p) => {
-                    let end = wait_for(&ends[p]);
-                    let last = last_addrs[p].load(Ordering::Relaxed);
-                    (end, (end > 0).then_some(last))
+            let direct = batch.iter().map(|p| p.1.len()).sum::<usize>() > big;
+            // Recorded while the targets are still batch-local (`collect` moves them).
+            let mut sides = Sides::default();
+            let (start, prev_last, placed): (usize, Option<u64>, &[Insn]) = if direct {
+                let (start, prev_last) = place_of(b);
+                let mut n = 0;
+                for &(addr, code) in batch.iter() {
+                    decode_with(addr, code, |insn| {
+                        if Sides::wanted(&insn) {
+                            marks.push(n as u32);
+                        }
+                        // SAFETY: slots from `start` belong to batch b alone until it
+                        // publishes its end (below); no batch after it can be placed before.
+                        unsafe { slots.write(start + n, insn) };
+                        n += 1;
+                    });
                 }
+                // SAFETY: as above; the slots were all written just now.
+                let here = unsafe { slots.slice_mut(start, n) };
+                resolve_local(here, &marks);
+                sides.collect(here, marks.iter().map(|&k| k as usize), start as InsnId);
+                rebase(here, &marks, start);
+                let last_addr = here.last().map(|l| l.addr).or(prev_last).unwrap_or(0);
+                last_addrs[b].store(last_addr, Ordering::Relaxed);
+                ends[b].store(start + n, Ordering::Release);
+                (start, prev_last, here)
+            } else {
+                for &(addr, code) in batch.iter() {
+                    decode_with(addr, code, |insn| {
+                        if Sides::wanted(&insn) {
+                            marks.push(scratch.len() as u32);
+                        }
+                        scratch.push(insn);
+                    });
+                }
+                resolve_local(&mut scratch, &marks);
+                let (start, prev_last) = place_of(b);
+                sides.collect(&scratch, marks.iter().map(|&k| k as usize), start as InsnId);
+                // Publish where this batch ends at once, so the next one can be placed while
+                // this one is still being copied.
+                let last_addr = scratch.last().map(|l| l.addr).or(prev_last).unwrap_or(0);
+                last_addrs[b].store(last_addr, Ordering::Relaxed);
+                ends[b].store(start + scratch.len(), Ordering::Release);
+                // SAFETY: [start, start + len) lies within the list (one slot per byte at
+                // most) and no other thread writes there: batch b alone owns it, between the
+                // end of batch b - 1 and the end it published.
+                unsafe { slots.place(start, &scratch, &marks) };
+                (start, prev_last, &scratch[..])
             };
-            // Publish where this batch ends at once, so the next one can be placed while this
-            // one is still being copied.
-            let last_addr = scratch.last().map(|l| l.addr).or(prev_last).unwrap_or(0);
-            last_addrs[b].store(last_addr, Ordering::Relaxed);
-            ends[b].store(start + scratch.len(), Ordering::Release);
-            let Some(first) = scratch.first() else {
+            let Some(first) = placed.first() else {
                 continue;
             };
             if prev_last.is_some_and(|l| l >= first.addr) {
                 sorted.store(false, Ordering::Relaxed);
             }
-            // SAFETY: [start, start + len) lies within the list (one slot per byte at most)
-            // and no other thread writes there: batch b alone owns it, between the end of
-            // batch b - 1 and the end it publishes below.
-            unsafe { slots.place(start, &scratch, &marks) };
             // Index: each instruction is the first at or after the blocks since the block of
             // the instruction before it (the previous batch's last, for the first).
             let mut prev = prev_last.and_then(block);
             let mut prev_addr = first.addr;
-            for (k, insn) in scratch.iter().enumerate() {
+            for (k, insn) in placed.iter().enumerate() {
                 if k > 0 && insn.addr <= prev_addr {
                     sorted.store(false, Ordering::Relaxed);
                 }
@@ -700,8 +735,6 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
                 }
                 prev = Some(prev.map_or(cur, |p| p.max(cur)));
             }
-            let mut sides = Sides::default();
-            sides.collect(&scratch, marks.iter().map(|&k| k as usize), start as InsnId);
             let _ = batch_sides[b].set(sides);
         }
     });
@@ -807,11 +840,38 @@ impl Slots {
         // SAFETY: in bounds (checked above) and exclusive (the caller's promise).
         let dst = unsafe { std::slice::from_raw_parts_mut(self.0.add(start), batch.len()) };
         dst.copy_from_slice(batch);
-        for &k in branches {
-            let d = &mut dst[k as usize];
-            if d.target_id() < RESOLVE_LATER {
-                d.set_target_id(d.target_id() + start as InsnId);
-            }
+        rebase(dst, branches, start);
+    }
+
+    /// Writes one instruction to slot `i`.
+    ///
+    /// # Safety
+    /// No other thread touches slot `i`.
+    unsafe fn write(&self, i: usize, insn: Insn) {
+        assert!(i < self.1, "more instructions than bytes");
+        // SAFETY: in bounds (checked above) and exclusive (the caller's promise).
+        unsafe { self.0.add(i).write(insn) };
+    }
+
+    /// Slots `start..start + n`, written.
+    ///
+    /// # Safety
+    /// They were all written, and no other thread touches them while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice_mut(&self, start: usize, n: usize) -> &mut [Insn] {
+        assert!(start + n <= self.1, "more instructions than bytes");
+        // SAFETY: in bounds (checked above), initialised and exclusive (the caller's promise).
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), n) }
+    }
+}
+
+/// Turns the batch-local targets of `branches` (every instruction with one is among them) in
+/// a batch placed at `start` into list indexes.
+fn rebase(batch: &mut [Insn], branches: &[u32], start: usize) {
+    for &k in branches {
+        let d = &mut batch[k as usize];
+        if d.target_id() < RESOLVE_LATER {
+            d.set_target_id(d.target_id() + start as InsnId);
         }
     }
 }
