@@ -151,17 +151,18 @@ fn orc(c: &mut Criterion, inp: &Inputs) {
     let mut g = c.benchmark_group("orc");
     // Every instruction's address, in address order (as a walk of the whole image asks).
     let addrs: Vec<u64> = inp.insns.list.iter().map(|i| i.addr).collect();
+    let lookup_all = |addrs: &[u64]| {
+        let mut n = 0u64;
+        for &a in addrs {
+            if let Some((ip, e)) = orc.lookup(a) {
+                n = n.wrapping_add(ip ^ e.sp_offset as u64);
+            }
+        }
+        black_box(n)
+    };
     g.throughput(Throughput::Elements(addrs.len() as u64));
     g.bench_function("lookup_every_insn_sorted", |b| {
-        b.iter(|| {
-            let mut n = 0u64;
-            for &a in &addrs {
-                if let Some((ip, e)) = orc.lookup(a) {
-                    n = n.wrapping_add(ip ^ e.sp_offset as u64);
-                }
-            }
-            black_box(n)
-        })
+        b.iter(|| lookup_all(&addrs))
     });
     // The same number of lookups in a scattered order (cache-unfriendly, as parallel walks are).
     let mut scattered = addrs.clone();
@@ -173,15 +174,7 @@ fn orc(c: &mut Criterion, inp: &Inputs) {
         scattered.swap(i, (x % (i as u64 + 1)) as usize);
     }
     g.bench_function("lookup_every_insn_scattered", |b| {
-        b.iter(|| {
-            let mut n = 0u64;
-            for &a in &scattered {
-                if let Some((ip, e)) = orc.lookup(a) {
-                    n = n.wrapping_add(ip ^ e.sp_offset as u64);
-                }
-            }
-            black_box(n)
-        })
+        b.iter(|| lookup_all(&scattered))
     });
     // Comparison: every validated function's entry against the entry state.
     let entries: Vec<(u64, (u64, u64))> = inp

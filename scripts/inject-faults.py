@@ -403,22 +403,21 @@ def choose(img, f, kind, rng, used_padding):
         d.update(extra)
         return d
 
+    def nop_one(cands, regs, mnemonic):
+        # One of the candidate push/pop instructions, replaced by a nop of its length.
+        if not cands:
+            return None
+        ins = insns[rng.choice(cands)]
+        return mk(ins.addr, ins.bytes, NOP[ins.len], instruction=f"{mnemonic} %{regs[ins.bytes]}")
+
     if kind == "nop-push":
-        cands = [i for i in range(min(PROLOGUE_INSNS, len(insns)))
-                 if i in reach and insns[i].bytes in CALLEE_SAVED_PUSH]
-        if not cands:
-            return None
-        ins = insns[rng.choice(cands)]
-        return mk(ins.addr, ins.bytes, NOP[ins.len],
-                  instruction="push %" + CALLEE_SAVED_PUSH[ins.bytes])
+        return nop_one([i for i in range(min(PROLOGUE_INSNS, len(insns)))
+                        if i in reach and insns[i].bytes in CALLEE_SAVED_PUSH],
+                       CALLEE_SAVED_PUSH, "push")
     if kind == "nop-pop":
-        cands = [i for i in range(len(insns) - 1) if i in reach
-                 and insns[i].bytes in CALLEE_SAVED_POP and f.is_return(img, insns[i + 1])]
-        if not cands:
-            return None
-        ins = insns[rng.choice(cands)]
-        return mk(ins.addr, ins.bytes, NOP[ins.len],
-                  instruction="pop %" + CALLEE_SAVED_POP[ins.bytes])
+        return nop_one([i for i in range(len(insns) - 1) if i in reach
+                        and insns[i].bytes in CALLEE_SAVED_POP and f.is_return(img, insns[i + 1])],
+                       CALLEE_SAVED_POP, "pop")
     if kind == "ret-to-nop":
         i = len(insns) - 1
         if i < 1 or i not in reach or not f.is_return(img, insns[i]):

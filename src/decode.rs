@@ -249,10 +249,9 @@ enum Storage {
     },
 }
 
-/// The transparent huge page size on x86-64. Batches get regions that start on such a
-/// boundary, so no huge page is shared by two batches and a batch's unused tail can be given
-/// back without another batch's first write faulting a whole huge page over it again.
-pub const HUGE_PAGE: usize = 2 << 20;
+/// The transparent huge page size on x86-64: the list starts on such a boundary, so that its
+/// first 2 MB can be a huge page too.
+const HUGE_PAGE: usize = 2 << 20;
 
 /// An all-zero `Insn` is a valid one (kind `Other`, no stack effect), which is what lets a
 /// zero-filled mapping be viewed as a slice of them.
@@ -394,22 +393,13 @@ impl AddrIndex {
         let span = last.addr - lo;
         let shift = Self::shift_for(span);
         let blocks = (span >> shift) as usize + 1;
-        let block = |addr: u64| ((addr - lo) >> shift) as usize;
+        let block = |addr: u64| Some(((addr - lo) >> shift) as usize);
         let out: Vec<AtomicU32> = (0..=blocks).map(|_| AtomicU32::new(0)).collect();
-        // Instruction n is the first at or after the starts of the blocks after its
-        // predecessor's, up to its own: each block is written once, by one instruction.
         const CHUNK: usize = 1 << 16;
         list.par_chunks(CHUNK).enumerate().for_each(|(c, chunk)| {
             let base = c * CHUNK;
-            let mut prev = base.checked_sub(1).map(|p| block(list[p].addr));
-            for (k, insn) in chunk.iter().enumerate() {
-                let b = block(insn.addr);
-                let from = prev.map_or(0, |p| p + 1);
-                for slot in &out[from..=b] {
-                    slot.store((base + k) as InsnId, Ordering::Relaxed);
-                }
-                prev = Some(b);
-            }
+            let prev = base.checked_sub(1).and_then(|p| block(list[p].addr));
+            index_blocks(&out, &block, prev, chunk, base);
         });
         out[blocks].store(list.len() as InsnId, Ordering::Relaxed);
         AddrIndex {
@@ -717,23 +707,9 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
             if prev_last.is_some_and(|l| l >= first.addr) {
                 sorted.store(false, Ordering::Relaxed);
             }
-            // Index: each instruction is the first at or after the blocks since the block of
-            // the instruction before it (the previous batch's last, for the first).
-            let mut prev = prev_last.and_then(block);
-            let mut prev_addr = first.addr;
-            for (k, insn) in placed.iter().enumerate() {
-                if k > 0 && insn.addr <= prev_addr {
-                    sorted.store(false, Ordering::Relaxed);
-                }
-                prev_addr = insn.addr;
-                let Some(cur) = block(insn.addr).filter(|&c| c < blocks) else {
-                    continue;
-                };
-                let from = prev.map_or(0, |p| p + 1);
-                for slot in index.get(from..=cur).unwrap_or(&[]) {
-                    slot.store((start + k) as InsnId, Ordering::Relaxed);
-                }
-                prev = Some(prev.map_or(cur, |p| p.max(cur)));
+            // The previous batch's last instruction comes before this batch's first.
+            if !index_blocks(&index, &block, prev_last.and_then(block), placed, start) {
+                sorted.store(false, Ordering::Relaxed);
             }
             let _ = batch_sides[b].set(sides);
         }
@@ -818,6 +794,36 @@ impl Sides {
             }
         }
     }
+}
+
+/// Enters `insns`, list indexes `base..`, in a block index: each is the first instruction at
+/// or after the starts of the blocks after the one of the instruction before it, up to its own
+/// (`prev`: the block of the instruction before `insns[0]`, if any). `index` has one entry per
+/// block and one more (the list's length, not written here); each block is written by one
+/// instruction, and an instruction outside the blocks writes none. Returns whether `insns` are
+/// in strictly increasing address order.
+fn index_blocks(
+    index: &[std::sync::atomic::AtomicU32],
+    block: &impl Fn(u64) -> Option<usize>,
+    mut prev: Option<usize>,
+    insns: &[Insn],
+    base: usize,
+) -> bool {
+    let mut sorted = true;
+    for (k, insn) in insns.iter().enumerate() {
+        if k > 0 && insn.addr <= insns[k - 1].addr {
+            sorted = false;
+        }
+        let Some(cur) = block(insn.addr).filter(|&c| c + 1 < index.len()) else {
+            continue;
+        };
+        let from = prev.map_or(0, |p| p + 1);
+        for slot in index.get(from..=cur).unwrap_or(&[]) {
+            slot.store((base + k) as InsnId, std::sync::atomic::Ordering::Relaxed);
+        }
+        prev = Some(prev.map_or(cur, |p| p.max(cur)));
+    }
+    sorted
 }
 
 /// The list's slots, written by several threads at once, each to its own range.
@@ -957,41 +963,27 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) {
         // `ud2; .ascii "xen"` / `"kvm"` is the hypervisors' forced-emulation prefix
         // (XEN_EMULATE_PREFIX, __KVM_EMULATE_PREFIX): the hypervisor traps it, emulates the
         // instruction that follows and continues. It is one five-byte prefix, not a trap.
-        if bytes[pos] == 0x0f
+        // Undecodable bytes become a one-byte `Invalid` and decoding resumes after them.
+        let special = if bytes[pos] == 0x0f
             && matches!(
                 bytes.get(pos + 1..pos + 5),
                 Some([0x0b, b'x', b'e', b'n'] | [0x0b, b'k', b'v', b'm'])
-            )
-        {
-            emit(Insn::new(
-                addr + pos as u64,
-                5,
-                Kind::Other,
-                0,
-                StackOp::NONE,
-            ));
-            pos += 5;
-            let _ = decoder.set_position(pos);
-            decoder.set_ip(addr + pos as u64);
+            ) {
+            Some((5, Kind::Other))
+        } else {
+            decoder.decode_out(&mut ins);
+            ins.is_invalid().then_some((1, Kind::Invalid))
+        };
+        let Some((len, kind)) = special else {
+            emit(classify(&ins));
+            pos += ins.len();
             continue;
-        }
-        decoder.decode_out(&mut ins);
-        if ins.is_invalid() {
-            emit(Insn::new(
-                addr + pos as u64,
-                1,
-                Kind::Invalid,
-                0,
-                StackOp::NONE,
-            ));
-            pos += 1;
-            // Positions inside `bytes` are always valid.
-            let _ = decoder.set_position(pos);
-            decoder.set_ip(addr + pos as u64);
-            continue;
-        }
-        emit(classify(&ins));
-        pos += ins.len();
+        };
+        emit(Insn::new(addr + pos as u64, len, kind, 0, StackOp::NONE));
+        pos += len as usize;
+        // Positions inside `bytes` are always valid.
+        let _ = decoder.set_position(pos);
+        decoder.set_ip(addr + pos as u64);
     }
 }
 
