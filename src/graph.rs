@@ -25,6 +25,53 @@ pub type FuncId = u32;
 /// `Graph::insn_func` of an instruction no function holds.
 pub const NO_FUNC: FuncId = FuncId::MAX;
 
+/// The function an instruction-to-function array gives for `id`.
+fn owner(insn_func: &[FuncId], id: InsnId) -> Option<FuncId> {
+    let f = insn_func[id as usize];
+    (f != NO_FUNC).then_some(f)
+}
+
+/// The instructions a walk has reached: a bit per instruction of one function's own range
+/// (where nearly all of them are), a set for the rest.
+pub struct Visited {
+    own: std::ops::Range<InsnId>,
+    bits: Vec<u64>,
+    other: rustc_hash::FxHashSet<InsnId>,
+}
+
+impl Visited {
+    pub fn new(own: std::ops::Range<InsnId>) -> Self {
+        Visited {
+            bits: vec![0; own.len().div_ceil(64)],
+            own,
+            other: Default::default(),
+        }
+    }
+
+    /// Whether `id` was reached.
+    pub fn contains(&self, id: InsnId) -> bool {
+        if self.own.contains(&id) {
+            let i = (id - self.own.start) as usize;
+            self.bits[i / 64] & (1 << (i % 64)) != 0
+        } else {
+            self.other.contains(&id)
+        }
+    }
+
+    /// Marks `id` reached; returns false if it already was.
+    pub fn insert(&mut self, id: InsnId) -> bool {
+        if self.own.contains(&id) {
+            let i = (id - self.own.start) as usize;
+            let (w, b) = (i / 64, 1u64 << (i % 64));
+            let new = self.bits[w] & b == 0;
+            self.bits[w] |= b;
+            new
+        } else {
+            self.other.insert(id)
+        }
+    }
+}
+
 /// Why a function is not validated on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Skip {
@@ -161,8 +208,7 @@ impl<'data> Graph<'data> {
     /// The function holding instruction `id` (the innermost one): [`Graph::func_at`] of its
     /// address, without a search.
     pub fn func_of(&self, id: InsnId) -> Option<FuncId> {
-        let f = self.insn_func[id as usize];
-        (f != NO_FUNC).then_some(f)
+        owner(&self.insn_func, id)
     }
 
     /// The first function starting at or after `addr`.
@@ -534,18 +580,15 @@ fn link_cold_parts(funcs: &mut [Func<'_>], insn_func: &[FuncId], insns: &Insns) 
     if !is_cold.iter().any(|&c| c) {
         return;
     }
-    let func_of = |id: usize| -> Option<usize> {
-        let f = insn_func[id];
-        (f != NO_FUNC).then_some(f as usize)
-    };
+    let func_of = |id: InsnId| owner(insn_func, id).map(|f| f as usize);
     // (cold part, jumping function), with usize::MAX for a jump from code no symbol covers.
     let mut jumps: Vec<(usize, usize)> = insns
         .jumps
         .par_iter()
         .filter(|&&(_, to)| to != crate::decode::NO_INSN)
         .filter_map(|&(n, to)| {
-            let c = func_of(to as usize)?;
-            let from = func_of(n as usize).unwrap_or(usize::MAX);
+            let c = func_of(to)?;
+            let from = func_of(n).unwrap_or(usize::MAX);
             (is_cold[c] && from != c && (from == usize::MAX || !is_cold[from])).then_some((c, from))
         })
         .collect();
@@ -1091,26 +1134,13 @@ fn may_return(
             .map(|k| (n + k) as u32)
     };
     let mut blockers = Vec::new();
-    // Seen instructions: a bit per instruction of the node's own function, a set for the rest.
-    let own = start_home.map_or(0..0, |f| graph.func(f).first..graph.func(f).end);
-    let mut seen_own = vec![0u64; own.len().div_ceil(64)];
-    let mut seen_other = rustc_hash::FxHashSet::default();
-    let mut first_visit = |id: InsnId| {
-        if own.contains(&id) {
-            let i = (id - own.start) as usize;
-            let (w, b) = (i / 64, 1u64 << (i % 64));
-            let new = seen_own[w] & b == 0;
-            seen_own[w] |= b;
-            new
-        } else {
-            seen_other.insert(id)
-        }
-    };
+    let mut seen =
+        Visited::new(start_home.map_or(0..0, |f| graph.func(f).first..graph.func(f).end));
     let mut work = vec![(entry, start_home)];
     let mut extra = Vec::new();
     while let Some((mut id, mut home)) = work.pop() {
         loop {
-            if !first_visit(id) {
+            if !seen.insert(id) {
                 break;
             }
             let mut go = |d: Dest, work: &mut Vec<(InsnId, Option<FuncId>)>| -> Option<bool> {

@@ -25,7 +25,9 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 
 use crate::decode::{InsnId, Insns, Kind};
-use crate::graph::{alt_exit, skips_original, step, table_paths, Dest, FuncId, Graph, Step};
+use crate::graph::{
+    alt_exit, skips_original, step, table_paths, Dest, FuncId, Graph, Step, Visited,
+};
 use crate::kernel::{Orc, OrcType, Tables};
 use crate::report::{Finding, FindingKind};
 use orc::{OrcStats, Verdict};
@@ -75,6 +77,13 @@ struct Ctx<'a, 'data> {
     sections_unhinted: &'a [(u64, u64)],
     /// Instructions outside any function that some walk reached.
     code_seen: Vec<AtomicU64>,
+}
+
+impl Ctx<'_, '_> {
+    /// Whether some walk reached instruction `id` (outside functions: see `code_seen`).
+    fn reached_outside(&self, id: InsnId) -> bool {
+        self.code_seen[id as usize / 64].load(Ordering::Relaxed) & (1 << (id % 64)) != 0
+    }
 }
 
 pub fn run(
@@ -236,7 +245,7 @@ fn hint_walks(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
         if in_ranges(ctx.sections_unhinted, ip) {
             continue;
         }
-        if ctx.code_seen[id as usize / 64].load(Ordering::Relaxed) & (1 << (id % 64)) != 0 {
+        if ctx.reached_outside(id) {
             continue;
         }
         let Some(state) = orc::hint_state(e) else {
@@ -248,8 +257,12 @@ fn hint_walks(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
                 .or(ctx.graph.funcs.len().checked_sub(1).map(|n| n as FuncId));
         let Some(near) = near else { continue };
         roots += 1;
-        let mut walk = Walk::new(ctx, near);
-        walk.hint_walk = true;
+        // No own range: the walk is of code outside functions, only named after `near`.
+        let walk = Walk {
+            hint_walk: true,
+            seen: Visited::new(0..0),
+            ..Walk::new(ctx, near)
+        };
         findings.extend(walk.run_hint(id, state));
     }
     (findings, roots)
@@ -267,15 +280,14 @@ fn returns_outside_functions(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
         .returns
         .par_iter()
         .filter_map(|&id| {
-            let (i, insn) = (id as usize, ctx.insns.get(id));
-            let seen = ctx.code_seen[i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0;
-            if seen || ctx.graph.func_of(i as InsnId).is_some() {
+            let insn = ctx.insns.get(id);
+            if ctx.reached_outside(id) || ctx.graph.func_of(id).is_some() {
                 return None;
             }
             // A return alone in the padding between functions is never an exemption's case:
             // dead weak-function bodies and undefined-ORC code have real instructions around
             // theirs.
-            let in_padding = padding_neighbours(ctx, i as InsnId);
+            let in_padding = padding_neighbours(ctx, id);
             if !in_padding && in_ranges(ctx.sections_unhinted, insn.addr) {
                 return None;
             }
@@ -328,10 +340,9 @@ struct Walk<'c, 'a, 'data> {
     /// A walk of code outside functions from an ORC entry: unwind hints there set the state,
     /// as objtool's hints did when it validated that code.
     hint_walk: bool,
-    /// Visited instructions of the function's own range.
-    own: Vec<u64>,
-    /// Visited instructions elsewhere (cold parts, other functions, code outside functions).
-    other: HashMap<InsnId, ()>,
+    /// Reached instructions: the function's own range, and elsewhere (cold parts, other
+    /// functions, code outside functions).
+    seen: Visited,
     /// States at branch targets, where paths can meet: indexes into `saved`, so that growing
     /// the map moves small entries, not whole states.
     states: HashMap<InsnId, u32>,
@@ -362,8 +373,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             ctx,
             f,
             hint_walk: false,
-            own: vec![0; ((func.end - func.first) as usize).div_ceil(64)],
-            other: HashMap::default(),
+            seen: Visited::new(func.first..func.end),
             states: HashMap::default(),
             saved: Vec::new(),
             work: Vec::new(),
@@ -479,15 +489,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
 
     /// Marks `id` visited; returns false if it already was.
     fn visit(&mut self, id: InsnId) -> bool {
-        let func = self.ctx.graph.func(self.f);
-        if !self.hint_walk && id >= func.first && id < func.end {
-            let i = (id - func.first) as usize;
-            let (w, b) = (i / 64, 1u64 << (i % 64));
-            if self.own[w] & b != 0 {
-                return false;
-            }
-            self.own[w] |= b;
-        } else if self.other.insert(id, ()).is_some() {
+        if !self.seen.insert(id) {
             return false;
         }
         self.visited += 1;
@@ -808,7 +810,6 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
     fn first_unreachable(&self) -> Option<Finding> {
         let g = self.ctx.graph;
         let insns = self.ctx.insns;
-        let func = g.func(self.f);
         let padding = |k: Kind| matches!(k, Kind::Nop | Kind::Int3 | Kind::Ud2);
         let after_noreturn_call = |id: InsnId| {
             id > 0 && {
@@ -827,13 +828,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             let pf = g.func(part);
             let mut dead_run = false;
             for id in pf.first..pf.end {
-                let seen = if part == self.f {
-                    let i = (id - func.first) as usize;
-                    self.own[i / 64] & (1 << (i % 64)) != 0
-                } else {
-                    self.other.contains_key(&id)
-                };
-                if seen {
+                if self.seen.contains(id) {
                     dead_run = false;
                     continue;
                 }
