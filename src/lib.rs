@@ -185,7 +185,7 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
     let stats = Stats {
         functions: graph.funcs.len(),
         validated: outcome.functions_validated,
-        instructions: insns.len(),
+        instructions: insns.count as usize,
         text_bytes: insns.bytes,
         insns_visited: outcome.insns_visited,
         noreturn: graph.noreturn.iter().filter(|&&n| n).count(),
