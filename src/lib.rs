@@ -61,9 +61,9 @@ pub struct Stats {
     pub relocations: bool,
     pub orc: bool,
     pub kernel_release: Option<String>,
-    pub phases: Vec<(&'static str, Duration)>,
+    pub phases: Vec<Timing>,
     /// Steps inside the phases (`"graph: noreturn"`), in order.
-    pub steps: Vec<(&'static str, Duration)>,
+    pub steps: Vec<Timing>,
     pub wall: Duration,
 }
 
@@ -93,45 +93,96 @@ pub fn map_file(path: &Path) -> Result<memmap2::Mmap, InputError> {
     unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(format!("cannot map: {e}")))
 }
 
+/// How long a phase or step took: wall time, and the CPU time of the whole process (all
+/// threads, user and system) over the same interval, so that `cpu / wall` is how many cores it
+/// kept busy: about 1 for a serial step.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub name: &'static str,
+    pub wall: Duration,
+    pub cpu: Duration,
+}
+
+/// A point in wall and process CPU time.
+#[derive(Clone, Copy)]
+struct Mark {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Mark {
+    fn now() -> Mark {
+        Mark {
+            wall: Instant::now(),
+            cpu: process_cpu(),
+        }
+    }
+
+    /// The time from `self` to now, named; `self` becomes now.
+    fn lap(&mut self, name: &'static str) -> Timing {
+        let now = Mark::now();
+        let t = Timing {
+            name,
+            wall: now.wall - self.wall,
+            cpu: now.cpu.saturating_sub(self.cpu),
+        };
+        *self = now;
+        t
+    }
+}
+
+/// User plus system CPU time of the whole process so far.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 struct Timer {
     start: Instant,
-    last: Instant,
-    phases: Vec<(&'static str, Duration)>,
+    last: Mark,
+    phases: Vec<Timing>,
 }
 
 impl Timer {
     fn new() -> Self {
-        let now = Instant::now();
+        let now = Mark::now();
         LAPS.with(|l| l.borrow_mut().clear());
         LAST_LAP.with(|l| l.set(now));
         Timer {
-            start: now,
+            start: now.wall,
             last: now,
             phases: Vec::new(),
         }
     }
     fn phase(&mut self, name: &'static str) {
-        let now = Instant::now();
-        self.phases.push((name, now - self.last));
-        self.last = now;
-        LAST_LAP.with(|l| l.set(now));
+        self.phases.push(self.last.lap(name));
+        LAST_LAP.with(|l| l.set(self.last));
     }
 }
 
 thread_local! {
-    static LAPS: std::cell::RefCell<Vec<(&'static str, Duration)>> = const {
+    static LAPS: std::cell::RefCell<Vec<Timing>> = const {
         std::cell::RefCell::new(Vec::new())
     };
-    static LAST_LAP: std::cell::Cell<Instant> = std::cell::Cell::new(Instant::now());
+    static LAST_LAP: std::cell::Cell<Mark> = std::cell::Cell::new(Mark::now());
 }
 
 /// Ends a step inside a phase (`"graph: noreturn"`): the time since the phase or the previous
 /// step ended, shown by `check --time`. Steps run on the thread that called [`check_image`],
 /// between the parallel parts.
 pub(crate) fn lap(name: &'static str) {
-    let now = Instant::now();
-    let since = LAST_LAP.with(|l| now - l.replace(now));
-    LAPS.with(|l| l.borrow_mut().push((name, since)));
+    let t = LAST_LAP.with(|l| {
+        let mut m = l.get();
+        let t = m.lap(name);
+        l.set(m);
+        t
+    });
+    LAPS.with(|l| l.borrow_mut().push(t));
 }
 
 /// Checks one image: the whole pipeline.

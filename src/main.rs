@@ -231,17 +231,19 @@ fn check(args: CheckArgs) -> ExitCode {
                 s.noreturn_rounds,
                 s.switch_tables
             );
-            for (phase, d) in &s.phases {
-                eprintln!(
-                    "stackval: time: {phase:<9} {:>9.3} ms",
-                    d.as_secs_f64() * 1e3
-                );
-                let prefix = format!("{phase}: ");
-                for (step, d) in s.steps.iter().filter(|(n, _)| n.starts_with(&prefix)) {
+            // Wall time, then the process's CPU time over it: cpu/wall is the cores in use.
+            let ms = |t: &stackval::Timing| {
+                let (wall, cpu) = (t.wall.as_secs_f64() * 1e3, t.cpu.as_secs_f64() * 1e3);
+                format!("{wall:>9.3} ms  cpu {cpu:>8.1} ms")
+            };
+            for phase in &s.phases {
+                eprintln!("stackval: time: {:<9} {}", phase.name, ms(phase));
+                let prefix = format!("{}: ", phase.name);
+                for step in s.steps.iter().filter(|t| t.name.starts_with(&prefix)) {
                     eprintln!(
-                        "stackval: time:   {:<22} {:>9.3} ms",
-                        &step[prefix.len()..],
-                        d.as_secs_f64() * 1e3
+                        "stackval: time:   {:<22} {}",
+                        &step.name[prefix.len()..],
+                        ms(step)
                     );
                 }
             }
