@@ -473,10 +473,11 @@ fn collect_funcs<'data>(image: &Image<'data>, insns: &Insns) -> Vec<Func<'data>>
         a.addr
             .cmp(&b.addr)
             .then(b.size.cmp(&a.size))
-            .then(is_prefix(a.name).cmp(&is_prefix(b.name)))
-            .then(b.global.cmp(&a.global))
-            .then(a.name.len().cmp(&b.name.len()))
-            .then(a.name.cmp(b.name))
+            // Names are looked at only on ties (`then_with`): they live in the mapped file.
+            .then_with(|| is_prefix(a.name).cmp(&is_prefix(b.name)))
+            .then_with(|| b.global.cmp(&a.global))
+            .then_with(|| a.name.len().cmp(&b.name.len()))
+            .then_with(|| a.name.cmp(b.name))
     });
     candidates.dedup_by_key(|s| s.addr);
     funcs.par_extend(candidates.par_iter().map(|s| Func {

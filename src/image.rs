@@ -271,60 +271,78 @@ impl<'data> Image<'data> {
             .map_err(|_| err(".strtab: lies outside the file; truncated?".into()))?;
 
         crate::lap("load: sections");
+        // Read in parallel, in chunks kept in order; the error reported is the first bad symbol's.
+        const CHUNK: usize = 8192;
+        let parts: Vec<Result<Vec<Symbol<'data>>, InputError>> = raw_symbols
+            .par_chunks(CHUNK)
+            .enumerate()
+            .map(|(c, chunk)| {
+                let mut out = Vec::with_capacity(chunk.len());
+                for (k, sym) in chunk.iter().enumerate() {
+                    let i = c * CHUNK + k;
+                    if i == 0 {
+                        continue;
+                    }
+                    let kind = match sym.st_type() {
+                        elf::STT_FUNC => SymKind::Func,
+                        elf::STT_OBJECT => SymKind::Object,
+                        elf::STT_NOTYPE => SymKind::NoType,
+                        _ => continue,
+                    };
+                    let shndx = sym.st_shndx(endian);
+                    if shndx == elf::SHN_UNDEF || shndx >= elf::SHN_LORESERVE {
+                        continue;
+                    }
+                    let shndx = shndx as usize;
+                    if shndx >= table.len() {
+                        return Err(err(format!(
+                            "symbol {i}: section index {shndx} out of range (the file has {} sections)",
+                            table.len()
+                        )));
+                    }
+                    let Some(section) = elf_to_sec[shndx] else {
+                        continue;
+                    };
+                    let name_off = sym.st_name(endian) as usize;
+                    let name = strings
+                        .get(name_off..)
+                        .and_then(|s| s.iter().position(|&b| b == 0).map(|end| &s[..end]))
+                        .and_then(|n| std::str::from_utf8(n).ok())
+                        .ok_or_else(|| {
+                            err(format!(
+                                "symbol {i}: name offset {name_off:#x} outside .strtab"
+                            ))
+                        })?;
+                    if name.is_empty() {
+                        continue;
+                    }
+                    out.push(Symbol {
+                        name,
+                        addr: sym.st_value(endian),
+                        size: sym.st_size(endian),
+                        kind,
+                        global: sym.st_bind() != elf::STB_LOCAL,
+                        section,
+                    });
+                }
+                Ok(out)
+            })
+            .collect();
         let mut symbols = Vec::with_capacity(raw_symbols.len());
-        for (i, sym) in raw_symbols.iter().enumerate().skip(1) {
-            let kind = match sym.st_type() {
-                elf::STT_FUNC => SymKind::Func,
-                elf::STT_OBJECT => SymKind::Object,
-                elf::STT_NOTYPE => SymKind::NoType,
-                _ => continue,
-            };
-            let shndx = sym.st_shndx(endian);
-            if shndx == elf::SHN_UNDEF || shndx >= elf::SHN_LORESERVE {
-                continue;
-            }
-            let shndx = shndx as usize;
-            if shndx >= table.len() {
-                return Err(err(format!(
-                    "symbol {i}: section index {shndx} out of range (the file has {} sections)",
-                    table.len()
-                )));
-            }
-            let Some(section) = elf_to_sec[shndx] else {
-                continue;
-            };
-            let name_off = sym.st_name(endian) as usize;
-            let name = strings
-                .get(name_off..)
-                .and_then(|s| s.iter().position(|&b| b == 0).map(|end| &s[..end]))
-                .and_then(|n| std::str::from_utf8(n).ok())
-                .ok_or_else(|| {
-                    err(format!(
-                        "symbol {i}: name offset {name_off:#x} outside .strtab"
-                    ))
-                })?;
-            if name.is_empty() {
-                continue;
-            }
-            symbols.push(Symbol {
-                name,
-                addr: sym.st_value(endian),
-                size: sym.st_size(endian),
-                kind,
-                global: sym.st_bind() != elf::STB_LOCAL,
-                section,
-            });
+        for part in parts {
+            symbols.extend(part?);
         }
         crate::lap("load: symbols");
         // Every field takes part, so the unstable (parallel) sort still has one result.
+        // `then_with`: the names (strings in the mapped file) are compared only on ties.
         symbols.par_sort_unstable_by(|a, b| {
             a.addr
                 .cmp(&b.addr)
                 .then(b.size.cmp(&a.size))
-                .then(a.name.cmp(b.name))
-                .then((a.kind as u8).cmp(&(b.kind as u8)))
-                .then(a.global.cmp(&b.global))
-                .then(a.section.cmp(&b.section))
+                .then_with(|| a.name.cmp(b.name))
+                .then_with(|| (a.kind as u8).cmp(&(b.kind as u8)))
+                .then_with(|| a.global.cmp(&b.global))
+                .then_with(|| a.section.cmp(&b.section))
         });
 
         crate::lap("load: sort");
