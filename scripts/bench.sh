@@ -238,10 +238,14 @@ if kern:
     for name, r in kern:
         rows.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in r["phases"].values()) + " |")
     if all(r.get("steps") for _, r in kern):
-        rows += ["", "Steps inside the phases (same run; the kernel tables are read in parallel and have no steps):", "",
-                 "| step | " + " | ".join(name for name, _ in kern) + " |", "|---|" + "---:|" * len(kern)]
+        rows += ["", "Steps inside the phases (same run; the kernel tables are read in parallel and have no steps). "
+                 "cpu: the process's CPU time over the step, all threads; cpu/wall near 1 is a serial step "
+                 "(idle worker threads spin briefly, so a serial step right after a parallel one can show more):", "",
+                 "| step | " + " | ".join(f"{name} wall | {name} cpu" for name, _ in kern) + " |",
+                 "|---|" + "---:|---:|" * len(kern)]
         for step in kern[0][1]["steps"]:
-            rows.append(f"| {step} | " + " | ".join(f"{r['steps'].get(step, 0):.3f}" for _, r in kern) + " |")
+            cells = (f"{r['steps'].get(step, 0):.3f} | {r.get('steps_cpu', {}).get(step, 0):.3f}" for _, r in kern)
+            rows.append(f"| {step} | " + " | ".join(cells) + " |")
     rows += ["", "The progress bar when it is hidden (stderr redirected to a file, so not a terminal; "
              "summary and timings still printed):", "",
              "| vmlinux | default (bar allowed) | `--no-progress` | ratio |", "|---|---:|---:|---:|"]

@@ -12,7 +12,7 @@ import re
 import sys
 
 PHASE = re.compile(r"stackval: time: (\S+) +([\d.]+) ms")
-STEP = re.compile(r"stackval: time:   (\S.*?) +([\d.]+) ms")
+STEP = re.compile(r"stackval: time:   (\S.*?) +([\d.]+) ms(?: +cpu +([\d.]+) ms)?")
 
 
 def timing(out, tag, name):
@@ -22,19 +22,22 @@ def timing(out, tag, name):
 
 
 def phases(out, tag):
-    top, steps, current = {}, {}, None
+    """Phase wall times, step wall times and step CPU times (all threads), in seconds."""
+    top, steps, cpu, current = {}, {}, {}, None
     for line in open(f"{out}/{tag}-phases.txt"):
         if m := PHASE.match(line):
             current = m.group(1)
             top[current] = float(m.group(2)) / 1e3
         elif (m := STEP.match(line)) and current:
             steps[f"{current}: {m.group(1)}"] = float(m.group(2)) / 1e3
-    return top, steps
+            if m.group(3):
+                cpu[f"{current}: {m.group(1)}"] = float(m.group(3)) / 1e3
+    return top, steps, cpu
 
 
 def main():
     kind, out, tag, *rest = sys.argv[1:]
-    top, steps = phases(out, tag)
+    top, steps, cpu = phases(out, tag)
     if kind == "kernel":
         insns, nbytes, rd, rc, rj = rest
         result = dict(insns=int(insns), bytes=int(nbytes),
@@ -49,7 +52,7 @@ def main():
                       decode=timing(out, tag, "decode"), check=timing(out, tag, "check"),
                       rss_kb=dict(decode=int(rd), check=int(rc)), rss_runs=int(rss_runs),
                       findings=int(findings))
-    result.update(phases=top, steps=steps)
+    result.update(phases=top, steps=steps, steps_cpu=cpu)
     print(json.dumps(result))
 
 
