@@ -497,7 +497,23 @@ mod tests {
 
     #[test]
     fn nearby_lookups_agree_with_a_full_search() {
-        let ips: Vec<u64> = vec![0x100, 0x104, 0x110, 0x111, 0x200];
+        let small: Vec<u64> = vec![0x100, 0x104, 0x110, 0x111, 0x200];
+        check_nearby(small, (0xf0..0x210).collect());
+        // Far jumps both ways from every hint, across a larger table.
+        let big: Vec<u64> = (0..300u64).map(|k| 0x1000 + k * 0x10 + (k % 3)).collect();
+        let mut x = 12345u64;
+        let addrs: Vec<u64> = (0..400)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                0xff0 + (x >> 33) % 0x1300
+            })
+            .collect();
+        check_nearby(big, addrs);
+    }
+
+    fn check_nearby(ips: Vec<u64>, addrs: Vec<u64>) {
         let entries = ips
             .iter()
             .map(|&ip| OrcEntry {
@@ -514,13 +530,11 @@ mod tests {
             entries,
             layout: "v3",
         };
-        for start in 0..8 {
+        for start in 0..orc.ips.len() + 3 {
             let mut hint = start;
             // Forward, backward and jumping around, from every starting hint.
-            for addr in (0xf0..0x210)
-                .chain((0xf0..0x210).rev())
-                .chain([0x111, 0x100, 0x205])
-            {
+            let first = addrs[0];
+            for &addr in addrs.iter().chain(addrs.iter().rev()).chain([&first]) {
                 assert_eq!(
                     orc.lookup_near(addr, &mut hint),
                     orc.lookup(addr),

@@ -357,6 +357,10 @@ struct Walk<'c, 'a, 'data> {
     orc: OrcStats,
     /// Where the last ORC lookup ended (see `Orc::lookup_near`).
     orc_cursor: usize,
+    /// The ORC entry (index + 1, as `orc_cursor`) that last confirmed the current state in the
+    /// function's own range, while the path has not changed the state since: the instructions
+    /// after it up to the next stack operation or entry need no comparison, only counting.
+    orc_confirmed: Option<usize>,
     /// The executable section of the function's own range, found once.
     own_section: Option<(u64, u64)>,
     /// The first disagreement with the ORC table; the walk goes on after it.
@@ -381,6 +385,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             visited: 0,
             orc: OrcStats::default(),
             orc_cursor: 0,
+            orc_confirmed: None,
             own_section: None,
             orc_finding: None,
         }
@@ -437,13 +442,20 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             }
         };
         let own = self.ctx.graph.func(self.f);
-        let section = if own.contains(addr) {
+        let in_own = own.contains(addr);
+        let section = if in_own {
             *self.own_section.get_or_insert_with(|| section_of(own.addr))
         } else {
             section_of(addr)
         };
         let covering = orc.lookup_near(addr, &mut self.orc_cursor);
+        if in_own && self.orc_confirmed == Some(self.orc_cursor) {
+            // Same entry, same state, same section (a function lies in one): same verdict.
+            self.orc.count(&Verdict::Confirmed);
+            return;
+        }
         let mut verdict = orc::verify_entry(covering, addr, section, state);
+        self.orc_confirmed = (in_own && verdict == Verdict::Confirmed).then_some(self.orc_cursor);
         if matches!(verdict, Verdict::Mismatch(_)) {
             let in_alt_body = self
                 .ctx
@@ -507,6 +519,8 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             mut state,
             mut mode,
         } = p;
+        // A new path may bring another state (see `orc_confirmed`).
+        self.orc_confirmed = None;
         loop {
             if mode == Mode::FallFrom {
                 let (next, next_home) = self.fall_through(id, home)?;
@@ -545,6 +559,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                         Some(e) if self.hint_walk => {
                             if let Some(hinted) = orc::hint_state(e) {
                                 state = hinted;
+                                self.orc_confirmed = None;
                             }
                         }
                         _ => {}
@@ -590,7 +605,11 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             {
                 return Err(Stop(Finding::new(FindingKind::CallWithoutFrame, insn.addr)));
             }
-            if let Err(e) = state.apply(&insn.op()) {
+            let op = insn.op();
+            if op.kind != crate::decode::OpKind::None {
+                self.orc_confirmed = None;
+            }
+            if let Err(e) = state.apply(&op) {
                 // objtool's exception: an rsp change it cannot follow is fine when the next
                 // instruction carries an unwind hint that says what the state is. In code
                 // outside functions the hints survive as ORC entries.
