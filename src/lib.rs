@@ -142,6 +142,22 @@ fn process_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// Steps are recorded on this thread while one lives (see [`lap`]).
+struct Recording;
+
+impl Recording {
+    fn start() -> Recording {
+        TIMING.with(|t| t.set(true));
+        Recording
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        TIMING.with(|t| t.set(false));
+    }
+}
+
 struct Timer {
     start: Instant,
     last: Mark,
@@ -170,12 +186,18 @@ thread_local! {
         std::cell::RefCell::new(Vec::new())
     };
     static LAST_LAP: std::cell::Cell<Mark> = std::cell::Cell::new(Mark::now());
+    /// Whether a [`check_image`] on this thread is recording steps (library callers that only
+    /// parse or decode record nothing).
+    static TIMING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Ends a step inside a phase (`"graph: noreturn"`): the time since the phase or the previous
 /// step ended, shown by `check --time`. Steps run on the thread that called [`check_image`],
 /// between the parallel parts.
 pub(crate) fn lap(name: &'static str) {
+    if !TIMING.with(|t| t.get()) {
+        return;
+    }
     let t = LAST_LAP.with(|l| {
         let mut m = l.get();
         let t = m.lap(name);
@@ -187,6 +209,7 @@ pub(crate) fn lap(name: &'static str) {
 
 /// Checks one image: the whole pipeline.
 pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
+    let _recording = Recording::start();
     let mut timer = Timer::new();
     let map = map_file(path)?;
     let image = Image::parse(path, &map)?;
