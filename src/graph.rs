@@ -33,6 +33,7 @@ fn owner(insn_func: &[FuncId], id: InsnId) -> Option<FuncId> {
 
 /// The instructions a walk has reached: a bit per instruction of one function's own range
 /// (where nearly all of them are), a set for the rest.
+#[derive(Default)]
 pub struct Visited {
     own: std::ops::Range<InsnId>,
     bits: Vec<u64>,
@@ -46,6 +47,14 @@ impl Visited {
             own,
             other: Default::default(),
         }
+    }
+
+    /// Emptied, for a walk whose own range is `own`; keeps its memory.
+    pub fn reset(&mut self, own: std::ops::Range<InsnId>) {
+        self.bits.clear();
+        self.bits.resize(own.len().div_ceil(64), 0);
+        self.own = own;
+        self.other.clear();
     }
 
     /// Whether `id` was reached.

@@ -112,8 +112,9 @@ pub fn run(
         .collect();
     let functions: Vec<FuncResult> = roots
         .par_iter()
-        .map(|&f| {
-            let r = Walk::new(&ctx, f).run();
+        .map_init(Buffers::default, |b, &f| {
+            let (r, used) = Walk::new(&ctx, f, false, std::mem::take(b)).run();
+            *b = used;
             if let Some(p) = progress {
                 p.inc(1);
             }
@@ -258,11 +259,7 @@ fn hint_walks(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
         let Some(near) = near else { continue };
         roots += 1;
         // No own range: the walk is of code outside functions, only named after `near`.
-        let walk = Walk {
-            hint_walk: true,
-            seen: Visited::new(0..0),
-            ..Walk::new(ctx, near)
-        };
+        let walk = Walk::new(ctx, near, true, Buffers::default());
         findings.extend(walk.run_hint(id, state));
     }
     (findings, roots)
@@ -340,19 +337,7 @@ struct Walk<'c, 'a, 'data> {
     /// A walk of code outside functions from an ORC entry: unwind hints there set the state,
     /// as objtool's hints did when it validated that code.
     hint_walk: bool,
-    /// Reached instructions: the function's own range, and elsewhere (cold parts, other
-    /// functions, code outside functions).
-    seen: Visited,
-    /// States at branch targets, where paths can meet: indexes into `saved`, so that growing
-    /// the map moves small entries, not whole states.
-    states: HashMap<InsnId, u32>,
-    saved: Vec<Cfi>,
-    /// Paths still to walk, last first. Pushing in the right order reproduces objtool's
-    /// depth-first order (table paths before the original instruction, a conditional
-    /// jump's target before its fall-through), so the first finding in a function is the
-    /// one objtool reports.
-    work: Vec<Pending>,
-    extra: Vec<Dest>,
+    b: Buffers,
     visited: u64,
     orc: OrcStats,
     /// Where the last ORC lookup ended (see `Orc::lookup_near`).
@@ -370,18 +355,51 @@ struct Walk<'c, 'a, 'data> {
 /// The walk stopped at a finding.
 struct Stop(Finding);
 
+/// What a walk fills as it goes. Each worker thread keeps one set from walk to walk, so that
+/// the ~50 k walks of a kernel reuse their memory instead of allocating it again.
+#[derive(Default)]
+struct Buffers {
+    /// Reached instructions: the function's own range, and elsewhere (cold parts, other
+    /// functions, code outside functions).
+    seen: Visited,
+    /// States at branch targets, where paths can meet: indexes into `saved`, so that growing
+    /// the map moves small entries, not whole states.
+    states: HashMap<InsnId, u32>,
+    saved: Vec<Cfi>,
+    /// Paths still to walk, last first. Pushing in the right order reproduces objtool's
+    /// depth-first order (table paths before the original instruction, a conditional
+    /// jump's target before its fall-through), so the first finding in a function is the
+    /// one objtool reports.
+    work: Vec<Pending>,
+    extra: Vec<Dest>,
+}
+
+impl Buffers {
+    /// Emptied for a walk whose own range is `own`.
+    fn reset(&mut self, own: std::ops::Range<InsnId>) {
+        self.seen.reset(own);
+        self.states.clear();
+        self.saved.clear();
+        self.work.clear();
+        self.extra.clear();
+    }
+}
+
 impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
-    fn new(ctx: &'c Ctx<'a, 'data>, f: FuncId) -> Self {
+    /// A walk of function `f` (of code outside functions named after `f`, for a hint walk, whose
+    /// own range is empty), in `b`.
+    fn new(ctx: &'c Ctx<'a, 'data>, f: FuncId, hint_walk: bool, mut b: Buffers) -> Self {
         let func = ctx.graph.func(f);
+        b.reset(if hint_walk {
+            0..0
+        } else {
+            func.first..func.end
+        });
         Walk {
             ctx,
             f,
-            hint_walk: false,
-            seen: Visited::new(func.first..func.end),
-            states: HashMap::default(),
-            saved: Vec::new(),
-            work: Vec::new(),
-            extra: Vec::new(),
+            hint_walk,
+            b,
             visited: 0,
             orc: OrcStats::default(),
             orc_cursor: 0,
@@ -391,19 +409,19 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         }
     }
 
-    fn run(mut self) -> FuncResult {
+    fn run(mut self) -> (FuncResult, Buffers) {
         let func = self.ctx.graph.func(self.f);
         let Some(entry) = func.entry(self.ctx.insns) else {
             let finding = Finding::new(FindingKind::NoStartingInstruction, func.addr);
             return self.result(vec![finding]);
         };
-        self.work.push(Pending {
+        self.b.work.push(Pending {
             id: entry,
             home: Some(self.f),
             state: Cfi::initial(),
             mode: Mode::Enter,
         });
-        while let Some(p) = self.work.pop() {
+        while let Some(p) = self.b.work.pop() {
             if let Err(Stop(finding)) = self.path(p) {
                 return self.result(vec![finding]);
             }
@@ -412,7 +430,8 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         self.result(unreachable.into_iter().collect())
     }
 
-    fn result(mut self, mut findings: Vec<Finding>) -> FuncResult {
+    /// The function's result, and the buffers for the next walk.
+    fn result(mut self, mut findings: Vec<Finding>) -> (FuncResult, Buffers) {
         // A finding in code the function does not own (shared thunks, another function's
         // body) names the function whose path led there.
         let g = self.ctx.graph;
@@ -422,12 +441,13 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             }
         }
         findings.extend(self.orc_finding.take());
-        FuncResult {
+        let result = FuncResult {
             func: self.f,
             findings,
             orc: self.orc,
             visited: self.visited,
-        }
+        };
+        (result, self.b)
     }
 
     /// Compares the ORC entry covering `insn` with the state there.
@@ -478,13 +498,13 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
 
     /// Walks code outside functions from one unwind hint.
     fn run_hint(mut self, root: InsnId, state: Cfi) -> Vec<Finding> {
-        self.work.push(Pending {
+        self.b.work.push(Pending {
             id: root,
             home: None,
             state,
             mode: Mode::Enter,
         });
-        while let Some(p) = self.work.pop() {
+        while let Some(p) = self.b.work.pop() {
             if let Err(Stop(mut finding)) = self.path(p) {
                 let at = self.ctx.insns.get(root).addr;
                 if finding.addr != at {
@@ -501,7 +521,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
 
     /// Marks `id` visited; returns false if it already was.
     fn visit(&mut self, id: InsnId) -> bool {
-        if !self.seen.insert(id) {
+        if !self.b.seen.insert(id) {
             return false;
         }
         self.visited += 1;
@@ -530,7 +550,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             if mode == Mode::Enter {
                 let first_visit = self.visit(id);
                 if ctx.graph.is_target(id) {
-                    if let Some(prev) = self.states.get(&id).map(|&k| &self.saved[k as usize]) {
+                    if let Some(prev) = self.b.states.get(&id).map(|&k| &self.b.saved[k as usize]) {
                         if let Some(detail) = prev.mismatch(&state) {
                             return Err(Stop(if fp && prev.frame_pointer_mismatch(&state) {
                                 Finding::new(FindingKind::FramePointerMismatch, insn.addr)
@@ -543,8 +563,8 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                             }));
                         }
                     } else {
-                        self.states.insert(id, self.saved.len() as u32);
-                        self.saved.push(state);
+                        self.b.states.insert(id, self.b.saved.len() as u32);
+                        self.b.saved.push(state);
                     }
                 }
                 if !first_visit {
@@ -569,19 +589,19 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 }
                 // Paths the kernel's tables add, walked first, with the state before this
                 // instruction; the instruction itself resumes afterwards.
-                self.extra.clear();
-                table_paths(insns, ctx.graph, ctx.tables, home, id, &mut self.extra);
-                if !self.extra.is_empty() {
+                self.b.extra.clear();
+                table_paths(insns, ctx.graph, ctx.tables, home, id, &mut self.b.extra);
+                if !self.b.extra.is_empty() {
                     if !skips_original(ctx.tables, id) {
-                        self.work.push(Pending {
+                        self.b.work.push(Pending {
                             id,
                             home,
                             state,
                             mode: Mode::Execute,
                         });
                     }
-                    for i in (0..self.extra.len()).rev() {
-                        let d = self.extra[i];
+                    for i in (0..self.b.extra.len()).rev() {
+                        let d = self.b.extra[i];
                         self.follow(d, home, insn.addr, state)?;
                     }
                     return Ok(());
@@ -660,7 +680,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                         Stop(Finding::new(FindingKind::UndefinedStackState, insn.addr))
                     })?;
                     pushed.intra = pushed.stack_size;
-                    self.work.push(Pending {
+                    self.b.work.push(Pending {
                         id: t,
                         home,
                         state: pushed,
@@ -671,7 +691,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 Step::Call(_) => {}
                 Step::Branch(d) => {
                     // The jump's target first, then the fall-through.
-                    self.work.push(Pending {
+                    self.b.work.push(Pending {
                         id,
                         home,
                         state,
@@ -682,7 +702,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 Step::Goto(d) => return self.follow(d, home, insn.addr, state),
                 Step::Table => {
                     for &t in ctx.graph.tables[&id].iter().rev() {
-                        self.work.push(Pending {
+                        self.b.work.push(Pending {
                             id: t,
                             home,
                             state,
@@ -776,7 +796,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
     /// Continues at a direct branch's destination.
     fn follow(&mut self, d: Dest, home: Option<FuncId>, from: u64, state: Cfi) -> Result<(), Stop> {
         match d {
-            Dest::Local(t) => self.work.push(Pending {
+            Dest::Local(t) => self.b.work.push(Pending {
                 id: t,
                 home,
                 state,
@@ -784,7 +804,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             }),
             Dest::Into(g, t) => {
                 let home = Some(self.ctx.graph.home(g));
-                self.work.push(Pending {
+                self.b.work.push(Pending {
                     id: t,
                     home,
                     state,
@@ -793,7 +813,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             }
             // From a function, a jump to a named label outside functions is a tail call.
             Dest::Label(_) if home.is_some() => return self.sibling(from, &state),
-            Dest::Code(t) | Dest::Label(t) => self.work.push(Pending {
+            Dest::Code(t) | Dest::Label(t) => self.b.work.push(Pending {
                 id: t,
                 home: None,
                 state,
@@ -847,7 +867,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             let pf = g.func(part);
             let mut dead_run = false;
             for id in pf.first..pf.end {
-                if self.seen.contains(id) {
+                if self.b.seen.contains(id) {
                     dead_run = false;
                     continue;
                 }
