@@ -834,7 +834,9 @@ fn branch_targets(
 
 /// The extra paths the kernel's tables open at instruction `id`, reached with the state
 /// before it executes: a static branch's other way, an exception fixup, an alternative's
-/// replacement (or, for an empty one, the end of the original).
+/// replacement (or, for an empty one, the end of the original). Every walk asks at every
+/// instruction and few have any: the test for none is inlined into the walks.
+#[inline]
 pub fn table_paths(
     insns: &Insns,
     graph: &Graph<'_>,
@@ -844,9 +846,21 @@ pub fn table_paths(
     out: &mut Vec<Dest>,
 ) {
     let flags = tables.flags(id);
-    if flags & (kernel::JUMP_LABEL | kernel::EX_FAULT | kernel::ALT_START) == 0 {
-        return;
+    if flags & (kernel::JUMP_LABEL | kernel::EX_FAULT | kernel::ALT_START) != 0 {
+        table_paths_at(insns, graph, tables, home, id, flags, out);
     }
+}
+
+#[inline(never)]
+fn table_paths_at(
+    insns: &Insns,
+    graph: &Graph<'_>,
+    tables: &Tables,
+    home: Option<FuncId>,
+    id: InsnId,
+    flags: u8,
+    out: &mut Vec<Dest>,
+) {
     // Table destinations are followed, never taken as tail calls.
     let into = |t: InsnId| match graph.resolve_insn(insns, home, Some(t)) {
         Dest::Entry(g) => Dest::Into(g, t),
