@@ -689,17 +689,25 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     return Ok(());
                 }
                 Step::Call(_) => {}
-                Step::Branch(d) => {
-                    // The jump's target first, then the fall-through.
-                    self.b.work.push(Pending {
-                        id,
-                        home,
-                        state,
-                        mode: Mode::FallFrom,
-                    });
-                    return self.follow(d, home, insn.addr, state);
+                Step::Branch(d) | Step::Goto(d) => {
+                    // The jump's target first, then the fall-through: the path goes on at the
+                    // target at once, as it would if the target were queued and taken next.
+                    if matches!(step, Step::Branch(_)) {
+                        self.b.work.push(Pending {
+                            id,
+                            home,
+                            state,
+                            mode: Mode::FallFrom,
+                        });
+                    }
+                    match self.dest(d, home, insn.addr, &state)? {
+                        Some((target, target_home)) => {
+                            (id, home, mode) = (target, target_home, Mode::Enter);
+                            continue;
+                        }
+                        None => return Ok(()),
+                    }
                 }
-                Step::Goto(d) => return self.follow(d, home, insn.addr, state),
                 Step::Table => {
                     for &t in ctx.graph.tables[&id].iter().rev() {
                         self.b.work.push(Pending {
@@ -793,36 +801,37 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         Ok((next, home))
     }
 
-    /// Continues at a direct branch's destination.
+    /// Queues a path at a direct branch's destination.
     fn follow(&mut self, d: Dest, home: Option<FuncId>, from: u64, state: Cfi) -> Result<(), Stop> {
-        match d {
-            Dest::Local(t) => self.b.work.push(Pending {
-                id: t,
+        if let Some((id, home)) = self.dest(d, home, from, &state)? {
+            self.b.work.push(Pending {
+                id,
                 home,
                 state,
                 mode: Mode::Enter,
-            }),
-            Dest::Into(g, t) => {
-                let home = Some(self.ctx.graph.home(g));
-                self.b.work.push(Pending {
-                    id: t,
-                    home,
-                    state,
-                    mode: Mode::Enter,
-                })
-            }
-            // From a function, a jump to a named label outside functions is a tail call.
-            Dest::Label(_) if home.is_some() => return self.sibling(from, &state),
-            Dest::Code(t) | Dest::Label(t) => self.b.work.push(Pending {
-                id: t,
-                home: None,
-                state,
-                mode: Mode::Enter,
-            }),
-            Dest::Entry(_) => return self.sibling(from, &state),
-            Dest::Nowhere => return Err(Stop(Finding::new(FindingKind::BadJumpDestination, from))),
+            });
         }
         Ok(())
+    }
+
+    /// Where a path goes on at a direct branch's destination, and that code's home; `None`
+    /// when the branch is a tail call (checked here) and the path ends.
+    fn dest(
+        &self,
+        d: Dest,
+        home: Option<FuncId>,
+        from: u64,
+        state: &Cfi,
+    ) -> Result<Option<(InsnId, Option<FuncId>)>, Stop> {
+        match d {
+            Dest::Local(t) => Ok(Some((t, home))),
+            Dest::Into(g, t) => Ok(Some((t, Some(self.ctx.graph.home(g))))),
+            // From a function, a jump to a named label outside functions is a tail call.
+            Dest::Label(_) if home.is_some() => self.sibling(from, state).map(|()| None),
+            Dest::Code(t) | Dest::Label(t) => Ok(Some((t, None))),
+            Dest::Entry(_) => self.sibling(from, state).map(|()| None),
+            Dest::Nowhere => Err(Stop(Finding::new(FindingKind::BadJumpDestination, from))),
+        }
     }
 
     /// Rule 3: a tail call must leave the frame as the function found it. The rule is about
