@@ -1054,11 +1054,11 @@ fn infer_noreturn(
         rounds += 1;
         let results: Vec<(u32, bool, Vec<u32>)> = pending
             .par_iter()
-            .map(|&node| {
+            .map_init(ReturnWalk::default, |buffers, &node| {
                 if declared.binary_search(&node).is_ok() {
                     return (node, false, Vec::new());
                 }
-                let (r, blockers) = may_return(graph, insns, tables, &returns, node);
+                let (r, blockers) = may_return(graph, insns, tables, &returns, node, buffers);
                 if r {
                     returns[node as usize].store(true, Ordering::Relaxed);
                 }
@@ -1132,12 +1132,21 @@ fn declared_noreturn(graph: &Graph<'_>, insns: &Insns) -> Vec<u32> {
 
 /// Whether some path from a node's entry returns, given what is known to return so far; and
 /// if not, the callees whose not-returning cut paths short.
+/// What a [`may_return`] walk fills as it goes, kept by each worker thread from walk to walk.
+#[derive(Default)]
+struct ReturnWalk {
+    seen: Visited,
+    work: Vec<(InsnId, Option<FuncId>)>,
+    extra: Vec<Dest>,
+}
+
 fn may_return(
     graph: &Graph<'_>,
     insns: &Insns,
     tables: &Tables,
     returns: &[AtomicBool],
     node: u32,
+    buffers: &mut ReturnWalk,
 ) -> (bool, Vec<u32>) {
     let n = graph.funcs.len();
     let (entry, start_home) = if (node as usize) < n {
@@ -1158,10 +1167,10 @@ fn may_return(
             .map(|k| (n + k) as u32)
     };
     let mut blockers = Vec::new();
-    let mut seen =
-        Visited::new(start_home.map_or(0..0, |f| graph.func(f).first..graph.func(f).end));
-    let mut work = vec![(entry, start_home)];
-    let mut extra = Vec::new();
+    let ReturnWalk { seen, work, extra } = buffers;
+    seen.reset(start_home.map_or(0..0, |f| graph.func(f).first..graph.func(f).end));
+    work.clear();
+    work.push((entry, start_home));
     while let Some((mut id, mut home)) = work.pop() {
         loop {
             if !seen.insert(id) {
@@ -1182,9 +1191,9 @@ fn may_return(
                 None
             };
             extra.clear();
-            table_paths(insns, graph, tables, home, id, &mut extra);
-            for &d in &extra {
-                if go(d, &mut work) == Some(true) {
+            table_paths(insns, graph, tables, home, id, extra);
+            for &d in extra.iter() {
+                if go(d, work) == Some(true) {
                     return (true, blockers);
                 }
             }
@@ -1195,12 +1204,12 @@ fn may_return(
                 Step::Next | Step::CallIndirect => {}
                 Step::CondReturn => return (true, blockers),
                 Step::Branch(d) => {
-                    if go(d, &mut work) == Some(true) {
+                    if go(d, work) == Some(true) {
                         return (true, blockers);
                     }
                 }
                 Step::Goto(d) => {
-                    if go(d, &mut work) == Some(true) {
+                    if go(d, work) == Some(true) {
                         return (true, blockers);
                     }
                     break;
