@@ -246,8 +246,18 @@ impl Insn {
 /// hundred page faults rather than tens of thousands; small lists (tests) are plain vectors.
 pub struct InsnList {
     storage: Storage,
+    /// The first slot, found once: the list is read at every step of every walk, and a view
+    /// through `storage` would be a branch and an offset each time. Neither a vector that is
+    /// only truncated nor a mapping remapped in place moves its memory.
+    first: std::ptr::NonNull<Insn>,
     len: usize,
 }
+
+// SAFETY: the list owns its memory as a `Vec` does (the pointer is into `storage`, which no
+// one else can reach), so it moves between and is shared by threads as a `Vec<Insn>` is.
+unsafe impl Send for InsnList {}
+// SAFETY: as above; shared access only reads.
+unsafe impl Sync for InsnList {}
 
 enum Storage {
     Vec(Vec<Insn>),
@@ -276,9 +286,10 @@ const ZERO: Insn = Insn {
 };
 
 impl InsnList {
-    pub fn from_vec(v: Vec<Insn>) -> Self {
+    pub fn from_vec(mut v: Vec<Insn>) -> Self {
         InsnList {
             len: v.len(),
+            first: std::ptr::NonNull::new(v.as_mut_ptr()).expect("a vector's pointer is not null"),
             storage: Storage::Vec(v),
         }
     }
@@ -287,21 +298,26 @@ impl InsnList {
     /// until [`InsnList::truncate`].
     fn zeroed(cap: usize) -> Self {
         let bytes = cap * std::mem::size_of::<Insn>() + HUGE_PAGE;
-        let storage = match (cap > 0)
+        match (cap > 0)
             .then(|| memmap2::MmapMut::map_anon(bytes))
             .and_then(Result::ok)
         {
-            Some(map) => {
+            Some(mut map) => {
                 // Only a request: without transparent huge pages it is the same mapping.
                 #[cfg(target_os = "linux")]
                 let _ = map.advise(memmap2::Advice::HugePage);
                 let start =
                     (map.as_ptr() as usize).next_multiple_of(HUGE_PAGE) - map.as_ptr() as usize;
-                Storage::Map { map, start }
+                // SAFETY: `start` is less than HUGE_PAGE, which the mapping has in excess.
+                let first = unsafe { map.as_mut_ptr().add(start) }.cast::<Insn>();
+                InsnList {
+                    first: std::ptr::NonNull::new(first).expect("a mapping is not at address 0"),
+                    storage: Storage::Map { map, start },
+                    len: cap,
+                }
             }
-            None => Storage::Vec(vec![ZERO; cap]),
-        };
-        InsnList { storage, len: cap }
+            None => InsnList::from_vec(vec![ZERO; cap]),
+        }
     }
 
     /// Keeps the first `len` instructions and gives the memory after them back.
@@ -327,29 +343,18 @@ impl InsnList {
 impl std::ops::Deref for InsnList {
     type Target = [Insn];
     fn deref(&self) -> &[Insn] {
-        match &self.storage {
-            Storage::Vec(v) => v,
-            // SAFETY: the mapping is page-aligned, holds at least `len` Insns, every one
-            // written or zero (a valid Insn), and lives as long as `self`.
-            Storage::Map { map, start } => unsafe {
-                std::slice::from_raw_parts(map.as_ptr().add(*start).cast::<Insn>(), self.len)
-            },
-        }
+        // SAFETY: `first` points into `storage` (a vector, or a page-aligned mapping), which
+        // holds at least `len` Insns, every one written or zero (a valid Insn), and lives as
+        // long as `self`.
+        unsafe { std::slice::from_raw_parts(self.first.as_ptr(), self.len) }
     }
 }
 
 impl std::ops::DerefMut for InsnList {
     fn deref_mut(&mut self) -> &mut [Insn] {
-        match &mut self.storage {
-            Storage::Vec(v) => v,
-            // SAFETY: as for `deref`, with the borrow of `self` exclusive.
-            Storage::Map { map, start } => unsafe {
-                std::slice::from_raw_parts_mut(
-                    map.as_mut_ptr().add(*start).cast::<Insn>(),
-                    self.len,
-                )
-            },
-        }
+        // SAFETY: as for `deref`, with the borrow of `self` exclusive (and `first` derived
+        // from a mutable pointer to the storage).
+        unsafe { std::slice::from_raw_parts_mut(self.first.as_ptr(), self.len) }
     }
 }
 
