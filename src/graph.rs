@@ -431,24 +431,14 @@ fn from_funcs<'data>(
         .map(|f| scan_function(&graph, image.zip(table_relocs.as_ref()), insns, tables, f))
         .collect();
     crate::lap("graph: scan");
-    let mut edges: Vec<Edge> = per_func
+    let edges: Vec<Edge> = per_func
         .par_iter()
         .flat_map_iter(|(e, _)| e.iter().copied())
         .collect();
     for (_, t) in per_func {
         graph.tables.extend(t);
     }
-    edges.par_sort_unstable();
-    edges.dedup_by_key(|e| (e.from, e.to, e.kind));
-    let mut edge_start = vec![0u32; graph.funcs.len() + 1];
-    for e in &edges {
-        edge_start[e.from as usize + 1] += 1;
-    }
-    for i in 0..graph.funcs.len() {
-        edge_start[i + 1] += edge_start[i];
-    }
-    let mut callers = edges.clone();
-    callers.par_sort_unstable_by_key(|e| (e.to, e.from, e.kind));
+    let (edges, edge_start, callers) = order_edges(&edges, graph.funcs.len());
     graph.edges = edges;
     graph.edge_start = edge_start;
     graph.callers = callers;
@@ -464,6 +454,48 @@ fn from_funcs<'data>(
     graph.code_noreturn = code_noreturn;
     graph.noreturn_rounds = rounds;
     graph
+}
+
+/// The edges between `n` functions without repeats of (from, to, kind), sorted by source (then
+/// target, kind, instruction), where each source's start, and the same sorted by target (then
+/// source, kind). Counting sorts over function ids: one pass each, plus each source's few edges.
+fn order_edges(edges: &[Edge], n: usize) -> (Vec<Edge>, Vec<u32>, Vec<Edge>) {
+    let (mut by_source, starts) = bucket_by(edges, n, |e| e.from);
+    for w in starts.windows(2) {
+        by_source[w[0] as usize..w[1] as usize].sort_unstable();
+    }
+    by_source.dedup_by_key(|e| (e.from, e.to, e.kind));
+    let edge_start = key_starts(&by_source, n, |e| e.from);
+    // Stable, so each target's edges stay in source order.
+    let (by_target, _) = bucket_by(&by_source, n, |e| e.to);
+    (by_source, edge_start, by_target)
+}
+
+/// Where the edges of each `key` (a function id below `n`) would start if `edges` were ordered
+/// by it: `n + 1` entries.
+fn key_starts(edges: &[Edge], n: usize, key: impl Fn(&Edge) -> FuncId) -> Vec<u32> {
+    let mut start = vec![0u32; n + 1];
+    for e in edges {
+        start[key(e) as usize + 1] += 1;
+    }
+    for i in 0..n {
+        start[i + 1] += start[i];
+    }
+    start
+}
+
+/// `edges` ordered by `key` (a function id below `n`), keeping their order within each key (a
+/// counting sort), and where each key's edges start.
+fn bucket_by(edges: &[Edge], n: usize, key: impl Fn(&Edge) -> FuncId) -> (Vec<Edge>, Vec<u32>) {
+    let start = key_starts(edges, n, &key);
+    let mut next = start.clone();
+    let mut out = edges.to_vec();
+    for e in edges {
+        let slot = &mut next[key(e) as usize];
+        out[*slot as usize] = *e;
+        *slot += 1;
+    }
+    (out, start)
 }
 
 fn collect_funcs<'data>(image: &Image<'data>, insns: &Insns) -> Vec<Func<'data>> {
@@ -1273,6 +1305,45 @@ mod tests {
     use crate::decode::decode_into;
 
     const BASE: u64 = 0xffff_ffff_8100_0000;
+
+    #[test]
+    fn edges_ordered_as_by_comparison_sorts() {
+        let kinds = [
+            EdgeKind::Call,
+            EdgeKind::Sibling,
+            EdgeKind::CrossJump,
+            EdgeKind::Cold,
+        ];
+        let mut x = 7u64;
+        let mut next = |m: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % m
+        };
+        let n = 40;
+        // Few functions and kinds for many edges: repeats of (from, to, kind) to drop.
+        let edges: Vec<Edge> = (0..2000)
+            .map(|_| Edge {
+                from: next(n) as FuncId,
+                to: next(n) as FuncId,
+                kind: kinds[next(4) as usize],
+                insn: next(100_000) as InsnId,
+            })
+            .collect();
+        let (by_source, starts, by_target) = order_edges(&edges, n as usize);
+        let mut want = edges.clone();
+        want.sort_unstable();
+        want.dedup_by_key(|e| (e.from, e.to, e.kind));
+        assert_eq!(by_source, want);
+        for f in 0..n as usize {
+            let run = &by_source[starts[f] as usize..starts[f + 1] as usize];
+            assert!(run.iter().all(|e| e.from as usize == f));
+        }
+        assert_eq!(starts[n as usize] as usize, want.len());
+        want.sort_unstable_by_key(|e| (e.to, e.from, e.kind));
+        assert_eq!(by_target, want);
+    }
 
     /// Lays out functions back to back from machine code; returns the graph's inputs.
     fn layout(parts: &[(&'static str, &[u8])]) -> (Vec<Func<'static>>, Insns) {
