@@ -677,19 +677,11 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
             let mut sides = Sides::default();
             let (start, prev_last, placed): (usize, Option<u64>, &[Insn]) = if direct {
                 let (start, prev_last) = place_of(b);
-                let mut n = 0;
-                let mut more = 0;
-                for &(addr, code) in batch.iter() {
-                    more += decode_with(addr, code, |insn| {
-                        if Sides::wanted(&insn) {
-                            marks.push(n as u32);
-                        }
-                        // SAFETY: slots from `start` belong to batch b alone until it
-                        // publishes its end (below); no batch after it can be placed before.
-                        unsafe { slots.write(start + n, insn) };
-                        n += 1;
-                    });
-                }
+                let (n, more) = decode_batch(batch, &mut marks, |k, insn| {
+                    // SAFETY: slots from `start` belong to batch b alone until it publishes
+                    // its end (below); no batch after it can be placed before.
+                    unsafe { slots.write(start + k, insn) }
+                });
                 folded.fetch_add(more, Ordering::Relaxed);
                 // SAFETY: as above; the slots were all written just now.
                 let here = unsafe { slots.slice_mut(start, n) };
@@ -701,15 +693,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
                 ends[b].store(start + n, Ordering::Release);
                 (start, prev_last, here)
             } else {
-                let mut more = 0;
-                for &(addr, code) in batch.iter() {
-                    more += decode_with(addr, code, |insn| {
-                        if Sides::wanted(&insn) {
-                            marks.push(scratch.len() as u32);
-                        }
-                        scratch.push(insn);
-                    });
-                }
+                let (_, more) = decode_batch(batch, &mut marks, |_, insn| scratch.push(insn));
                 folded.fetch_add(more, Ordering::Relaxed);
                 resolve_local(&mut scratch, &marks);
                 let (start, prev_last) = place_of(b);
@@ -780,6 +764,27 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
     insns.resolve_later();
     crate::lap("decode: resolve");
     insns
+}
+
+/// Decodes one batch's pieces, handing each instruction to `put` with its index in the batch
+/// and noting in `marks` the indexes of those [`Sides`] keeps. Returns how many instructions
+/// were handed over and how many more machine instructions they stand for (see [`INT3_RUN`]).
+fn decode_batch(
+    batch: &[(u64, &[u8])],
+    marks: &mut Vec<u32>,
+    mut put: impl FnMut(usize, Insn),
+) -> (usize, u64) {
+    let (mut n, mut folded) = (0, 0);
+    for &(addr, code) in batch {
+        folded += decode_with(addr, code, |insn| {
+            if Sides::wanted(&insn) {
+                marks.push(n as u32);
+            }
+            put(n, insn);
+            n += 1;
+        });
+    }
+    (n, folded)
 }
 
 /// The instructions of interest to whole-image scans, kept aside so those scans need not read
@@ -854,7 +859,8 @@ fn index_blocks(
 /// The list's slots, written by several threads at once, each to its own range.
 struct Slots(*mut Insn, usize);
 
-// SAFETY: only `place` writes through the pointer, to ranges the callers keep disjoint.
+// SAFETY: `place`, `write` and `slice_mut` reach the slots through the pointer, each caller
+// in a range it alone owns (see their safety sections).
 unsafe impl Sync for Slots {}
 
 impl Slots {
@@ -998,6 +1004,11 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) -> u64 {
     let mut folded = 0u64;
     // The end of the last run of int3 found too short to fold: not scanned again.
     let mut short_run_end = 0usize;
+    // After bytes decoded without it, the decoder goes on at `pos` (always inside `bytes`).
+    let resync = |decoder: &mut Decoder<'_>, pos: usize| {
+        let _ = decoder.set_position(pos);
+        decoder.set_ip(addr + pos as u64);
+    };
     while pos < bytes.len() {
         if bytes[pos] == 0xcc && pos >= short_run_end {
             let run = bytes[pos..].iter().take_while(|&&b| b == 0xcc).count();
@@ -1015,9 +1026,7 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) -> u64 {
                     folded += n as u64 - 1;
                     pos += n;
                 }
-                // Positions inside `bytes` are always valid.
-                let _ = decoder.set_position(pos);
-                decoder.set_ip(addr + pos as u64);
+                resync(&mut decoder, pos);
                 continue;
             }
             short_run_end = pos + run;
@@ -1043,9 +1052,7 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) -> u64 {
         };
         emit(Insn::new(addr + pos as u64, len, kind, 0, StackOp::NONE));
         pos += len as usize;
-        // Positions inside `bytes` are always valid.
-        let _ = decoder.set_position(pos);
-        decoder.set_ip(addr + pos as u64);
+        resync(&mut decoder, pos);
     }
     folded
 }

@@ -41,14 +41,6 @@ pub struct Visited {
 }
 
 impl Visited {
-    pub fn new(own: std::ops::Range<InsnId>) -> Self {
-        Visited {
-            bits: vec![0; own.len().div_ceil(64)],
-            own,
-            other: Default::default(),
-        }
-    }
-
     /// Emptied, for a walk whose own range is `own`; keeps its memory.
     pub fn reset(&mut self, own: std::ops::Range<InsnId>) {
         self.bits.clear();
@@ -1162,8 +1154,6 @@ fn declared_noreturn(graph: &Graph<'_>, insns: &Insns) -> Vec<u32> {
     out
 }
 
-/// Whether some path from a node's entry returns, given what is known to return so far; and
-/// if not, the callees whose not-returning cut paths short.
 /// What a [`may_return`] walk fills as it goes, kept by each worker thread from walk to walk.
 #[derive(Default)]
 struct ReturnWalk {
@@ -1172,6 +1162,8 @@ struct ReturnWalk {
     extra: Vec<Dest>,
 }
 
+/// Whether some path from a node's entry returns, given what is known to return so far; and
+/// if not, the callees whose not-returning cut paths short.
 fn may_return(
     graph: &Graph<'_>,
     insns: &Insns,

@@ -185,13 +185,13 @@ impl OrcStats {
     }
 }
 
-/// Checks the entry covering `addr` (searching only `ips[lo..hi]` when the caller knows the
-/// window) against state `c`. `section` bounds which entries may cover the address.
+/// Checks the entry covering `addr` against state `c`. `section` bounds which entries may
+/// cover the address.
 pub fn verify(orc: &Orc, addr: u64, section: (u64, u64), c: &Cfi) -> Verdict {
     verify_entry(orc.lookup(addr), addr, section, c)
 }
 
-/// [`verify`] searching only the entries `window` (see [`Orc::window`]).
+/// [`verify`] with the covering entry already found (see [`Orc::lookup_near`]).
 pub fn verify_entry(
     covering: Option<(u64, &OrcEntry)>,
     addr: u64,
