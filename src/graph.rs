@@ -60,6 +60,7 @@ impl Visited {
     }
 
     /// Marks `id` reached; returns false if it already was.
+    #[inline]
     pub fn insert(&mut self, id: InsnId) -> bool {
         if self.own.contains(&id) {
             let i = (id - self.own.start) as usize;
@@ -68,8 +69,13 @@ impl Visited {
             self.bits[w] |= b;
             new
         } else {
-            self.other.insert(id)
+            self.insert_other(id)
         }
+    }
+
+    #[inline(never)]
+    fn insert_other(&mut self, id: InsnId) -> bool {
+        self.other.insert(id)
     }
 }
 
@@ -965,7 +971,28 @@ pub enum Step {
     Invalid,
 }
 
+#[inline]
 pub fn step(
+    insns: &Insns,
+    graph: &Graph<'_>,
+    tables: &Tables,
+    home: Option<FuncId>,
+    id: InsnId,
+) -> Step {
+    // Most instructions only go on to the next one, whatever the tables say of them: no call
+    // for those.
+    if matches!(
+        insns.get(id).kind,
+        Kind::Other | Kind::Nop | Kind::TableLoad | Kind::Int3 | Kind::Halt | Kind::Iretq
+    ) {
+        return Step::Next;
+    }
+    step_flow(insns, graph, tables, home, id)
+}
+
+/// [`step`] of an instruction that may change the flow.
+#[inline(never)]
+fn step_flow(
     insns: &Insns,
     graph: &Graph<'_>,
     tables: &Tables,
@@ -1002,17 +1029,20 @@ pub fn step(
         Kind::JumpIndirect => Step::Dynamic,
         Kind::Return => Step::Return,
         // A ud2 listed in __bug_table as a warning traps, reports and continues.
-        Kind::Ud2 if tables.flags(id) & kernel::WARN_UD2 != 0 => Step::Next,
+        Kind::Ud2 if flags & kernel::WARN_UD2 != 0 => Step::Next,
         Kind::Ud2 => Step::DeadEnd,
         // int3 traps and, as objtool has it, continues (int3_selftest(), kprobes); as padding
         // after a return or jump no path reaches it.
-        Kind::Int3 => Step::Next,
         Kind::ContextSwitch => Step::ContextSwitch,
         Kind::FarJump => Step::FarJump,
         Kind::Invalid => Step::Invalid,
-        // iretq inside a function is sync_core()'s iret-to-self: it continues with the next
-        // instruction. Its stack effect is checked by the state walk.
-        _ => Step::Next,
+        // Handled first: int3 traps and, as objtool has it, continues (int3_selftest(),
+        // kprobes); as padding after a return or jump no path reaches it. iretq inside a
+        // function is sync_core()'s iret-to-self: it continues with the next instruction, its
+        // stack effect checked by the state walk.
+        Kind::Other | Kind::Nop | Kind::TableLoad | Kind::Int3 | Kind::Halt | Kind::Iretq => {
+            Step::Next
+        }
     }
 }
 
@@ -1192,7 +1222,9 @@ fn may_return(
     };
     let mut blockers = Vec::new();
     let ReturnWalk { seen, work, extra } = buffers;
-    seen.reset(start_home.map_or(0..0, |f| graph.func(f).first..graph.func(f).end));
+    let own = start_home.map_or(0..0, |f| graph.func(f).first..graph.func(f).end);
+    let own_end = own.end;
+    seen.reset(own);
     work.clear();
     work.push((entry, start_home));
     while let Some((mut id, mut home)) = work.pop() {
@@ -1282,7 +1314,10 @@ fn may_return(
             if next as usize >= insns.len() || insns.get(next).addr != insns.get(id).end() {
                 return (true, blockers);
             }
-            if !graph.in_region(home, insns.get(next).addr) {
+            // Inside the node's own range the next instruction is its code: no region test.
+            if !(home == start_home && next < own_end
+                || graph.in_region(home, insns.get(next).addr))
+            {
                 return (true, blockers);
             }
             id = next;

@@ -342,15 +342,20 @@ struct Walk<'c, 'a, 'data> {
     orc: OrcStats,
     /// Where the last ORC lookup ended (see `Orc::lookup_near`).
     orc_cursor: usize,
-    /// The ORC entry (index + 1, as `orc_cursor`) that last confirmed the current state in the
-    /// function's own range, while the path has not changed the state since: the instructions
-    /// after it up to the next stack operation or entry need no comparison, only counting.
-    orc_confirmed: Option<usize>,
+    /// Addresses `[lo, hi)` where the ORC entry that last confirmed the current state is in
+    /// force, within the function's own range, while the path has not changed the state since:
+    /// instructions there need no lookup and no comparison, only counting. Empty otherwise.
+    orc_confirmed: (u64, u64),
+    /// The end of the function's own instructions (`Func::end`; 0 for a hint walk).
+    own_end: InsnId,
     /// The executable section of the function's own range, found once.
     own_section: Option<(u64, u64)>,
     /// The first disagreement with the ORC table; the walk goes on after it.
     orc_finding: Option<Finding>,
 }
+
+/// `Walk::orc_confirmed` when no entry is known to confirm the state.
+const NOT_CONFIRMED: (u64, u64) = (0, 0);
 
 /// The walk stopped at a finding.
 struct Stop(Finding);
@@ -403,7 +408,8 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             visited: 0,
             orc: OrcStats::default(),
             orc_cursor: 0,
-            orc_confirmed: None,
+            orc_confirmed: NOT_CONFIRMED,
+            own_end: if hint_walk { 0 } else { func.end },
             own_section: None,
             orc_finding: None,
         }
@@ -452,6 +458,18 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
 
     /// Compares the ORC entry covering `insn` with the state there.
     fn verify_orc(&mut self, orc: &Orc, addr: u64, state: &Cfi) {
+        let (lo, hi) = self.orc_confirmed;
+        if lo <= addr && addr < hi {
+            // Same entry, same state, same section (a function lies in one): same verdict.
+            self.orc.count(&Verdict::Confirmed);
+            return;
+        }
+        self.verify_orc_entry(orc, addr, state);
+    }
+
+    /// [`Walk::verify_orc`] when the state is not known to be confirmed at `addr`.
+    #[inline(never)]
+    fn verify_orc_entry(&mut self, orc: &Orc, addr: u64, state: &Cfi) {
         let section_of = |addr: u64| {
             let secs = self.ctx.sections;
             let i = secs.partition_point(|s| s.0 <= addr);
@@ -469,13 +487,16 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             section_of(addr)
         };
         let covering = orc.lookup_near(addr, &mut self.orc_cursor);
-        if in_own && self.orc_confirmed == Some(self.orc_cursor) {
-            // Same entry, same state, same section (a function lies in one): same verdict.
-            self.orc.count(&Verdict::Confirmed);
-            return;
-        }
         let mut verdict = orc::verify_entry(covering, addr, section, state);
-        self.orc_confirmed = (in_own && verdict == Verdict::Confirmed).then_some(self.orc_cursor);
+        if in_own && verdict == Verdict::Confirmed {
+            // The entry is in force up to the next one; `verify_entry` confirmed it only
+            // when it lies in the function's section.
+            let (ip, _) = covering.expect("a confirmed entry");
+            let next = orc.ips.get(self.orc_cursor).copied().unwrap_or(u64::MAX);
+            self.orc_confirmed = (ip.max(own.addr), next.min(own.end_addr()));
+        } else {
+            self.orc_confirmed = NOT_CONFIRMED;
+        }
         if matches!(verdict, Verdict::Mismatch(_)) {
             let in_alt_body = self
                 .ctx
@@ -540,7 +561,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             mut mode,
         } = p;
         // A new path may bring another state (see `orc_confirmed`).
-        self.orc_confirmed = None;
+        self.orc_confirmed = NOT_CONFIRMED;
         loop {
             if mode == Mode::FallFrom {
                 let (next, next_home) = self.fall_through(id, home)?;
@@ -579,7 +600,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                         Some(e) if self.hint_walk => {
                             if let Some(hinted) = orc::hint_state(e) {
                                 state = hinted;
-                                self.orc_confirmed = None;
+                                self.orc_confirmed = NOT_CONFIRMED;
                             }
                         }
                         _ => {}
@@ -627,7 +648,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             }
             let op = insn.op();
             if op.kind != crate::decode::OpKind::None {
-                self.orc_confirmed = None;
+                self.orc_confirmed = NOT_CONFIRMED;
             }
             if let Err(e) = state.apply(&op) {
                 // objtool's exception: an rsp change it cannot follow is fine when the next
@@ -771,11 +792,19 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         let ctx = self.ctx;
         let insns = ctx.insns;
         let insn = insns.get(id);
+        let next = id + 1;
+        // Most instructions are followed by the next one of the function's own range.
+        if home == Some(self.f)
+            && next < self.own_end
+            && insns.get(next).addr == insn.end()
+            && ctx.tables.flags(id) & crate::kernel::ALT_EXIT == 0
+        {
+            return Ok((next, home));
+        }
         if let Some(back) = alt_exit(ctx.tables, id) {
             let back_home = ctx.graph.func_of(back).map(|g| ctx.graph.home(g));
             return Ok((back, back_home));
         }
-        let next = id + 1;
         if next as usize >= insns.len() || insns.get(next).addr != insn.end() {
             return Err(Stop(Finding::new(FindingKind::EndOfSection, insn.addr)));
         }

@@ -211,10 +211,17 @@ impl Cfi {
     }
 
     /// Applies one instruction's stack operation.
+    #[inline]
     pub fn apply(&mut self, op: &StackOp) -> Result<(), StackError> {
         if op.kind == OpKind::None {
             return Ok(());
         }
+        self.apply_op(op)
+    }
+
+    /// [`Cfi::apply`] of an operation that is not [`OpKind::None`].
+    #[inline(never)]
+    fn apply_op(&mut self, op: &StackOp) -> Result<(), StackError> {
         if self.cfa.base == UNDEF {
             return Err(StackError::Undefined);
         }
