@@ -327,6 +327,8 @@ struct Pending {
     home: Option<FuncId>,
     state: Cfi,
     mode: Mode,
+    /// `Walk::orc_confirmed` for `state`.
+    confirmed: (u64, u64),
 }
 
 struct Walk<'c, 'a, 'data> {
@@ -426,6 +428,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             home: Some(self.f),
             state: Cfi::initial(),
             mode: Mode::Enter,
+            confirmed: NOT_CONFIRMED,
         });
         while let Some(p) = self.b.work.pop() {
             if let Err(Stop(finding)) = self.path(p) {
@@ -524,6 +527,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             home: None,
             state,
             mode: Mode::Enter,
+            confirmed: NOT_CONFIRMED,
         });
         while let Some(p) = self.b.work.pop() {
             if let Err(Stop(mut finding)) = self.path(p) {
@@ -559,9 +563,10 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             mut home,
             mut state,
             mut mode,
+            confirmed,
         } = p;
-        // A new path may bring another state (see `orc_confirmed`).
-        self.orc_confirmed = NOT_CONFIRMED;
+        // What the ORC table confirmed of the path's state when it was queued.
+        self.orc_confirmed = confirmed;
         loop {
             if mode == Mode::FallFrom {
                 let (next, next_home) = self.fall_through(id, home)?;
@@ -619,6 +624,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                             home,
                             state,
                             mode: Mode::Execute,
+                            confirmed: self.orc_confirmed,
                         });
                     }
                     for i in (0..self.b.extra.len()).rev() {
@@ -706,6 +712,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                         home,
                         state: pushed,
                         mode: Mode::Enter,
+                        confirmed: NOT_CONFIRMED,
                     });
                     return Ok(());
                 }
@@ -719,6 +726,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                             home,
                             state,
                             mode: Mode::FallFrom,
+                            confirmed: self.orc_confirmed,
                         });
                     }
                     match self.dest(d, home, insn.addr, &state)? {
@@ -736,6 +744,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                             home,
                             state,
                             mode: Mode::Enter,
+                            confirmed: self.orc_confirmed,
                         });
                     }
                     return Ok(());
@@ -838,6 +847,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 home,
                 state,
                 mode: Mode::Enter,
+                confirmed: self.orc_confirmed,
             });
         }
         Ok(())
