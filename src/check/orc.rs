@@ -36,7 +36,7 @@ pub fn expected(c: &Cfi) -> Option<Expected> {
         UNDEF => orc_reg::UNDEFINED,
         _ => return None,
     };
-    let bp = c.regs[reg::BP as usize];
+    let bp = c.reg(reg::BP);
     let (bp_reg, bp_offset) = match bp.base {
         CFA => (orc_reg::PREV_SP, bp.off),
         reg::BP => (orc_reg::BP, bp.off),
@@ -126,11 +126,12 @@ pub fn hint_state(e: &OrcEntry) -> Option<Cfi> {
     };
     c.cfa.off = e.sp_offset as i32;
     c.stack_size = e.sp_offset as i32;
-    c.regs[reg::BP as usize] = match e.bp_reg {
+    let bp = match e.bp_reg {
         orc_reg::UNDEFINED => super::state::Loc::UNDEFINED,
         orc_reg::PREV_SP => super::state::Loc::new(CFA, e.bp_offset as i32),
         _ => return None,
     };
+    c.set_reg(reg::BP, bp);
     Some(c)
 }
 

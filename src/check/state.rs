@@ -53,19 +53,32 @@ impl fmt::Display for Loc {
     }
 }
 
-/// Registers the x86-64 ABI makes a callee preserve; only their saves are tracked.
-pub fn callee_saved(r: u8) -> bool {
-    matches!(r, reg::BX | reg::BP | reg::R12..=reg::R15)
+/// Registers the x86-64 ABI makes a callee preserve, in register order; only their saves are
+/// tracked (`Cfi::saved`).
+pub const CALLEE_SAVED: [u8; 6] = [reg::BX, reg::BP, reg::R12, 13, 14, reg::R15];
+
+/// Where register `r`'s save is kept in `Cfi::saved`, if it is callee-saved.
+fn saved_slot(r: u8) -> Option<usize> {
+    match r {
+        reg::BX => Some(0),
+        reg::BP => Some(1),
+        reg::R12..=reg::R15 => Some(r as usize - 10),
+        _ => None,
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cfi {
     pub cfa: Loc,
-    /// Where the caller's value of each register is saved (base `CFA`), or `UNDEF` while the
-    /// register still holds it.
-    pub regs: [Loc; 16],
-    /// Registers known to hold a stack address (base `CFA`), or the top of a swizzled stack.
-    pub vals: [Loc; 16],
+    /// Where the caller's value of each callee-saved register ([`CALLEE_SAVED`], in that
+    /// order) is saved (base `CFA`), or `UNDEF` while the register still holds it. Other
+    /// registers' values are never tracked (see [`Cfi::reg`]): leaving them out keeps the
+    /// state, copied at every branch, small.
+    saved: [Loc; 6],
+    /// Registers known to hold a stack address (base `CFA`), or the top of a swizzled stack:
+    /// bases and offsets kept apart (see [`Cfi::val`]), 80 bytes instead of 128.
+    val_base: [u8; 16],
+    val_off: [i32; 16],
     /// Bytes on the stack since the caller's rsp, return address included.
     pub stack_size: i32,
     pub drap_reg: u8,
@@ -102,8 +115,9 @@ impl Cfi {
     pub const fn initial() -> Cfi {
         Cfi {
             cfa: Loc::new(reg::SP, 8),
-            regs: [Loc::UNDEFINED; 16],
-            vals: [Loc::UNDEFINED; 16],
+            saved: [Loc::UNDEFINED; 6],
+            val_base: [UNDEF; 16],
+            val_off: [0; 16],
             stack_size: 8,
             drap_reg: UNDEF,
             drap_off: -1,
@@ -112,23 +126,45 @@ impl Cfi {
         }
     }
 
+    /// Where the caller's value of register `r` is saved, or `UNDEF` while it still holds it
+    /// (always, for a register that is not callee-saved).
+    pub fn reg(&self, r: u8) -> Loc {
+        saved_slot(r).map_or(Loc::UNDEFINED, |k| self.saved[k])
+    }
+
+    /// The stack address register `r` is known to hold, or `UNDEF`.
+    pub fn val(&self, r: u8) -> Loc {
+        Loc::new(self.val_base[r as usize], self.val_off[r as usize])
+    }
+
+    fn set_val(&mut self, r: u8, v: Loc) {
+        self.val_base[r as usize] = v.base;
+        self.val_off[r as usize] = v.off;
+    }
+
+    /// Records where the caller's value of callee-saved register `r` is.
+    pub fn set_reg(&mut self, r: u8, at: Loc) {
+        let k = saved_slot(r).expect("a callee-saved register");
+        self.saved[k] = at;
+    }
+
     /// Whether the function's frame differs from the entry state: what a return or a tail
     /// call must not leave behind.
     pub fn modified(&self) -> bool {
         let init = Cfi::initial();
-        self.cfa != init.cfa || self.stack_size != init.stack_size || self.regs != init.regs
+        self.cfa != init.cfa || self.stack_size != init.stack_size || self.saved != init.saved
     }
 
     /// Whether rbp holds a frame pointer: rbp was pushed right after the return address and
     /// then set to point at it (or the DRAP equivalent).
     pub fn has_frame(&self) -> bool {
-        (self.cfa.base == reg::BP && self.regs[reg::BP as usize] == Loc::new(CFA, -16))
-            || (self.drap && self.regs[reg::BP as usize].base == reg::BP)
+        (self.cfa.base == reg::BP && self.reg(reg::BP) == Loc::new(CFA, -16))
+            || (self.drap && self.reg(reg::BP).base == reg::BP)
     }
 
     /// Whether the frame pointer register differs from its entry state.
     pub fn frame_pointer_changed(&self) -> bool {
-        self.cfa.base == reg::BP || self.regs[reg::BP as usize] != Loc::UNDEFINED
+        self.cfa.base == reg::BP || self.reg(reg::BP) != Loc::UNDEFINED
     }
 
     /// How two states reaching the same instruction differ, in objtool's terms, or `None`
@@ -137,14 +173,14 @@ impl Cfi {
         if self.cfa != other.cfa {
             return Some(format!("cfa1={} cfa2={}", self.cfa, other.cfa));
         }
-        for r in 0..16 {
-            if self.regs[r] != other.regs[r] {
+        for (k, &r) in CALLEE_SAVED.iter().enumerate() {
+            if self.saved[k] != other.saved[k] {
                 return Some(format!(
                     "reg1[{}]={} reg2[{}]={}",
-                    reg::name(r as u8),
-                    self.regs[r],
-                    reg::name(r as u8),
-                    other.regs[r]
+                    reg::name(r),
+                    self.saved[k],
+                    reg::name(r),
+                    other.saved[k]
                 ));
             }
         }
@@ -177,17 +213,21 @@ impl Cfi {
     /// Whether the states differ in what a frame-pointer unwinder uses.
     pub fn frame_pointer_mismatch(&self, other: &Cfi) -> bool {
         (self.cfa.base == reg::BP) != (other.cfa.base == reg::BP)
-            || self.regs[reg::BP as usize] != other.regs[reg::BP as usize]
+            || self.reg(reg::BP) != other.reg(reg::BP)
     }
 
     fn save(&mut self, r: u8, at: Loc) {
-        if callee_saved(r) && self.regs[r as usize].base == UNDEF {
-            self.regs[r as usize] = at;
+        if let Some(k) = saved_slot(r) {
+            if self.saved[k].base == UNDEF {
+                self.saved[k] = at;
+            }
         }
     }
 
     fn restore(&mut self, r: u8) {
-        self.regs[r as usize] = Loc::UNDEFINED;
+        if let Some(k) = saved_slot(r) {
+            self.saved[k] = Loc::UNDEFINED;
+        }
     }
 
     fn pushed(&mut self, bytes: i32) {
@@ -263,9 +303,7 @@ impl Cfi {
                     {
                         self.cfa = Loc::new(self.drap_reg, 0);
                         self.drap_off = -1;
-                    } else if self.regs[r as usize].base != UNDEF
-                        && self.stack_size == -self.regs[r as usize].off
-                    {
+                    } else if self.reg(r).base != UNDEF && self.stack_size == -self.reg(r).off {
                         self.restore(r);
                     }
                 }
@@ -289,36 +327,36 @@ impl Cfi {
             OpKind::MovSpTo => {
                 if r == reg::BP
                     && self.cfa.base == reg::SP
-                    && self.regs[reg::BP as usize] == Loc::new(CFA, -self.cfa.off)
+                    && self.reg(reg::BP) == Loc::new(CFA, -self.cfa.off)
                 {
                     // `mov %rsp,%rbp` right after `push %rbp`: a frame.
                     self.cfa.base = reg::BP;
                 } else if r == reg::BP && self.drap {
-                    self.regs[reg::BP as usize] = Loc::new(reg::BP, -self.stack_size);
+                    self.set_reg(reg::BP, Loc::new(reg::BP, -self.stack_size));
                 } else if self.cfa.base == reg::SP {
-                    self.vals[r as usize] = Loc::new(CFA, -self.stack_size);
+                    self.set_val(r, Loc::new(CFA, -self.stack_size));
                 }
             }
             OpKind::LeaFromSp => {
                 if self.cfa.base == reg::SP {
                     // A stack address in a register: the candidate DRAP register.
                     self.drap_reg = r;
-                    self.vals[r as usize] = Loc::new(CFA, -self.stack_size + imm);
+                    self.set_val(r, Loc::new(CFA, -self.stack_size + imm));
                 }
             }
             OpKind::LeaSpFrom => {
-                if b == reg::BP && self.regs[reg::BP as usize].base != UNDEF {
+                if b == reg::BP && self.reg(reg::BP).base != UNDEF {
                     // `lea disp(%rbp),%rsp`: rbp points at the saved rbp, whose slot is at
                     // -off from the CFA (or, in a DRAP frame, from the realigned frame base).
-                    self.stack_size = -(imm + self.regs[reg::BP as usize].off);
+                    self.stack_size = -(imm + self.reg(reg::BP).off);
                 } else if self.drap && b == self.drap_reg {
                     // Leaving a DRAP frame: rsp is computed back from the CFA.
                     self.stack_size = -imm;
                     self.cfa = Loc::new(reg::SP, self.stack_size);
                     self.drap_reg = UNDEF;
                     self.drap = false;
-                } else if self.vals[b as usize].base == CFA {
-                    self.stack_size = -(self.vals[b as usize].off + imm);
+                } else if self.val(b).base == CFA {
+                    self.stack_size = -(self.val(b).off + imm);
                     if self.cfa.base == reg::SP {
                         self.cfa.off = self.stack_size;
                     }
@@ -329,9 +367,9 @@ impl Cfi {
             OpKind::MovToSp => {
                 if r == reg::BP && (self.cfa.base == reg::BP || self.cfa.base == self.drap_reg) {
                     // `mov %rbp,%rsp`: back to the saved-rbp slot.
-                    self.stack_size = -self.regs[reg::BP as usize].off;
+                    self.stack_size = -self.reg(reg::BP).off;
                 } else if self.cfa.base == reg::SP {
-                    let v = self.vals[r as usize];
+                    let v = self.val(r);
                     if v.base == CFA {
                         self.cfa.off = -v.off;
                         self.stack_size = self.cfa.off;
@@ -341,9 +379,7 @@ impl Cfi {
                     } else {
                         self.cfa = Loc::UNDEFINED;
                     }
-                } else if self.vals[r as usize].base == SP_INDIRECT
-                    && self.vals[r as usize].off == self.cfa.off
-                {
+                } else if self.val(r).base == SP_INDIRECT && self.val(r).off == self.cfa.off {
                     // A swizzle with a frame-based CFA: the later `pop %rsp` must balance.
                     self.stack_size += 8;
                 }
@@ -383,7 +419,7 @@ impl Cfi {
                 if r == reg::SP {
                     if imm == 0 && b != reg::SP && b != reg::BP {
                         // `mov %rsp,(%reg)`: the new stack's top will hold the old rsp.
-                        self.vals[b as usize] = Loc::new(SP_INDIRECT, self.cfa.off);
+                        self.set_val(b, Loc::new(SP_INDIRECT, self.cfa.off));
                     }
                 } else if self.drap {
                     if b == reg::BP && r == self.cfa.base && r == self.drap_reg {
@@ -407,7 +443,7 @@ impl Cfi {
                     self.cfa = Loc::new(self.drap_reg, 0);
                     self.drap_off = -1;
                 }
-                let saved = self.regs[r as usize];
+                let saved = self.reg(r);
                 if saved.base == UNDEF {
                     return Ok(());
                 }
@@ -472,12 +508,12 @@ mod tests {
         let mov = op(OpKind::MovSpTo, reg::BP, reg::NONE, 0);
         let s = run(&[push_bp, mov]);
         assert_eq!(s.cfa, Loc::new(reg::BP, 16));
-        assert_eq!(s.regs[reg::BP as usize], Loc::new(CFA, -16));
+        assert_eq!(s.reg(reg::BP), Loc::new(CFA, -16));
         assert!(s.has_frame() && s.modified());
         let push_bx = op(OpKind::PushReg, reg::BX, reg::NONE, 0);
         let sub = op(OpKind::AddSp, reg::NONE, reg::NONE, -32);
         let s = run(&[push_bp, mov, push_bx, sub]);
-        assert_eq!(s.regs[reg::BX as usize], Loc::new(CFA, -24));
+        assert_eq!(s.reg(reg::BX), Loc::new(CFA, -24));
         assert_eq!(
             s.cfa,
             Loc::new(reg::BP, 16),
