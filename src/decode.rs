@@ -665,6 +665,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
         let mut scratch: Vec<Insn> = Vec::new();
         // The batch's calls, jumps and returns (indexes into the batch).
         let mut marks: Vec<u32> = Vec::new();
+        let mut starts = Starts::default();
         let place_of = |b: usize| match b.checked_sub(1) {
             None => (0, None),
             Some(p) => {
@@ -683,7 +684,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
             let mut sides = Sides::default();
             let (start, prev_last, placed): (usize, Option<u64>, &[Insn]) = if direct {
                 let (start, prev_last) = place_of(b);
-                let (n, more) = decode_batch(batch, &mut marks, |k, insn| {
+                let (n, more) = decode_batch(batch, &mut marks, &mut starts, |k, insn| {
                     // SAFETY: slots from `start` belong to batch b alone until it publishes
                     // its end (below); no batch after it can be placed before.
                     unsafe { slots.write(start + k, insn) }
@@ -691,7 +692,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
                 folded.fetch_add(more, Ordering::Relaxed);
                 // SAFETY: as above; the slots were all written just now.
                 let here = unsafe { slots.slice_mut(start, n) };
-                resolve_local(here, &marks);
+                resolve_local(here, &marks, &starts);
                 sides.collect(here, marks.iter().map(|&k| k as usize), start as InsnId);
                 rebase(here, &marks, start);
                 let last_addr = here.last().map(|l| l.addr).or(prev_last).unwrap_or(0);
@@ -699,9 +700,10 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
                 ends[b].store(start + n, Ordering::Release);
                 (start, prev_last, here)
             } else {
-                let (_, more) = decode_batch(batch, &mut marks, |_, insn| scratch.push(insn));
+                let (_, more) =
+                    decode_batch(batch, &mut marks, &mut starts, |_, insn| scratch.push(insn));
                 folded.fetch_add(more, Ordering::Relaxed);
-                resolve_local(&mut scratch, &marks);
+                resolve_local(&mut scratch, &marks, &starts);
                 let (start, prev_last) = place_of(b);
                 sides.collect(&scratch, marks.iter().map(|&k| k as usize), start as InsnId);
                 // Publish where this batch ends at once, so the next one can be placed while
@@ -782,14 +784,17 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
 fn decode_batch(
     batch: &[(u64, &[u8])],
     marks: &mut Vec<u32>,
+    starts: &mut Starts,
     mut put: impl FnMut(usize, Insn),
 ) -> (usize, u64) {
     let (mut n, mut folded) = (0, 0);
+    starts.reset(batch);
     for &(addr, code) in batch {
         folded += decode_with(addr, code, |insn| {
             if Sides::wanted(&insn) {
                 marks.push(n as u32);
             }
+            starts.note(insn.addr, n);
             put(n, insn);
             n += 1;
         });
@@ -988,10 +993,56 @@ fn wait_for(end: &std::sync::atomic::AtomicUsize) -> usize {
     }
 }
 
+/// Where the instructions of the batch being decoded start: at each byte offset from the
+/// batch's first address, the batch index of the instruction starting there, so that a branch
+/// inside the batch finds its target with one read. Slots between instruction starts keep
+/// whatever earlier batches left (clearing would cost more than the lookups): a hit counts
+/// only when the instruction found starts at the address looked up.
+#[derive(Default)]
+struct Starts {
+    lo: u64,
+    slots: Vec<u32>,
+    /// Whether this batch uses the slots: not when its pieces span far more addresses than
+    /// they have bytes (sections far apart), where a search is used instead.
+    on: bool,
+}
+
+impl Starts {
+    fn reset(&mut self, batch: &[(u64, &[u8])]) {
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            self.on = false;
+            return;
+        };
+        let span = (last.0 + last.1.len() as u64).saturating_sub(first.0) as usize;
+        let bytes: usize = batch.iter().map(|p| p.1.len()).sum();
+        self.on = span <= bytes.saturating_mul(2);
+        if self.on && self.slots.len() < span {
+            self.slots.resize(span, u32::MAX);
+        }
+        self.lo = first.0;
+    }
+
+    fn note(&mut self, addr: u64, k: usize) {
+        if self.on {
+            self.slots[(addr - self.lo) as usize] = k as u32;
+        }
+    }
+
+    /// The index in `batch` of the instruction at `addr`, which lies in the batch's range;
+    /// `from`: the branch's index, where a search starts.
+    fn find(&self, batch: &[Insn], from: usize, addr: u64) -> Option<usize> {
+        if !self.on {
+            return search_near(batch, from, addr);
+        }
+        let k = self.slots[(addr - self.lo) as usize] as usize;
+        (batch.get(k).is_some_and(|i| i.addr == addr)).then_some(k)
+    }
+}
+
 /// Resolves the direct branches among `marked` instructions of one batch whose targets lie
 /// inside the batch's address range, to batch-local indexes; the others are marked
-/// [`RESOLVE_LATER`]. Most branches are short jumps: the search starts at the branch and widens.
-fn resolve_local(batch: &mut [Insn], marked: &[u32]) {
+/// [`RESOLVE_LATER`].
+fn resolve_local(batch: &mut [Insn], marked: &[u32], starts: &Starts) {
     let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
         return;
     };
@@ -1004,7 +1055,9 @@ fn resolve_local(batch: &mut [Insn], marked: &[u32]) {
         }
         let target = insn.target();
         let id = if target >= lo && target < hi {
-            search_near(batch, k, target).map_or(NO_INSN, |n| n as InsnId)
+            starts
+                .find(batch, k, target)
+                .map_or(NO_INSN, |n| n as InsnId)
         } else {
             RESOLVE_LATER
         };

@@ -168,6 +168,13 @@ pub enum Dest {
     Nowhere,
 }
 
+/// The direct edges in both orders: `by_source[edge_start[f]..edge_start[f+1]]` are f's.
+struct OrderedEdges {
+    by_source: Vec<Edge>,
+    edge_start: Vec<u32>,
+    by_target: Vec<Edge>,
+}
+
 pub struct Graph<'data> {
     pub funcs: Vec<Func<'data>>,
     /// For every instruction, the innermost function whose range holds it, or [`NO_FUNC`].
@@ -175,11 +182,11 @@ pub struct Graph<'data> {
     /// Cold parts of each function: `cold[cold_start[f]..cold_start[f+1]]`.
     cold: Vec<FuncId>,
     cold_start: Vec<u32>,
-    /// Direct edges, sorted by `from`; `edge_start[f]..edge_start[f+1]` are f's.
-    pub edges: Vec<Edge>,
-    edge_start: Vec<u32>,
-    /// The same edges sorted by `to`.
-    callers: Vec<Edge>,
+    /// Direct edges as each function's scan found them, ordered on first use ([`Graph::edges_from`],
+    /// [`Graph::edges_to`]): the checks themselves never need them, so a check does not pay for
+    /// ordering them.
+    scanned: Vec<Vec<Edge>>,
+    ordered: std::sync::OnceLock<OrderedEdges>,
     /// Resolved switch tables, keyed by the indirect jump.
     pub tables: HashMap<InsnId, Box<[InsnId]>>,
     /// Bit per instruction: some branch, call or switch table can land on it.
@@ -266,15 +273,32 @@ impl<'data> Graph<'data> {
             .is_ok_and(|k| self.code_noreturn.get(k).copied().unwrap_or(false))
     }
 
+    /// The direct edges from function `f` (from its `.cold` parts too), without repeats of
+    /// (target, kind), sorted by target, kind and instruction.
     pub fn edges_from(&self, f: FuncId) -> &[Edge] {
-        let (a, b) = (self.edge_start[f as usize], self.edge_start[f as usize + 1]);
-        &self.edges[a as usize..b as usize]
+        let o = self.ordered();
+        let (a, b) = (o.edge_start[f as usize], o.edge_start[f as usize + 1]);
+        &o.by_source[a as usize..b as usize]
     }
 
+    /// The direct edges to function `f`, sorted by source.
     pub fn edges_to(&self, f: FuncId) -> &[Edge] {
-        let a = self.callers.partition_point(|e| e.to < f);
-        let b = self.callers.partition_point(|e| e.to <= f);
-        &self.callers[a..b]
+        let callers = &self.ordered().by_target;
+        let a = callers.partition_point(|e| e.to < f);
+        let b = callers.partition_point(|e| e.to <= f);
+        &callers[a..b]
+    }
+
+    fn ordered(&self) -> &OrderedEdges {
+        self.ordered.get_or_init(|| {
+            let edges: Vec<Edge> = self.scanned.iter().flatten().copied().collect();
+            let (by_source, edge_start, by_target) = order_edges(&edges, self.funcs.len());
+            OrderedEdges {
+                by_source,
+                edge_start,
+                by_target,
+            }
+        })
     }
 
     /// Classifies a direct branch to `target` taken from code of function `home` (already
@@ -374,9 +398,8 @@ fn from_funcs<'data>(
         insn_func,
         cold,
         cold_start,
-        edges: Vec::new(),
-        edge_start: Vec::new(),
-        callers: Vec::new(),
+        scanned: Vec::new(),
+        ordered: std::sync::OnceLock::new(),
         tables: HashMap::default(),
         targets: Vec::new(),
         noreturn: Vec::new(),
@@ -428,20 +451,12 @@ fn from_funcs<'data>(
         .into_par_iter()
         .map(|f| scan_function(&graph, image.zip(table_relocs.as_ref()), insns, tables, f))
         .collect();
-    crate::lap("graph: scan");
-    let edges: Vec<Edge> = per_func
-        .par_iter()
-        .flat_map_iter(|(e, _)| e.iter().copied())
-        .collect();
-    for (_, t) in per_func {
+    graph.scanned.reserve(per_func.len());
+    for (e, t) in per_func {
+        graph.scanned.push(e);
         graph.tables.extend(t);
     }
-    let (edges, edge_start, callers) = order_edges(&edges, graph.funcs.len());
-    graph.edges = edges;
-    graph.edge_start = edge_start;
-    graph.callers = callers;
-
-    crate::lap("graph: edges");
+    crate::lap("graph: scan");
     graph.targets = branch_targets(insns, &graph.tables, tables);
     crate::lap("graph: targets");
     graph.code_calls = code_calls(&graph, insns);
