@@ -476,37 +476,52 @@ impl Insns {
     fn resolve_later(&mut self, later: [Vec<(u64, u32)>; 2]) {
         let mut calls = std::mem::take(&mut self.calls);
         let mut jumps = std::mem::take(&mut self.jumps);
-        for (side, mut want) in [&mut calls, &mut jumps].into_iter().zip(later) {
-            // In the side list's order, which is the branches' order.
-            let open: Vec<u32> = want.iter().map(|w| w.1).collect();
-            // Looked up in address order: the searches walk the list forwards, and the many
-            // calls to one function find it in cache.
-            sort_by_address(&mut want);
-            let ids: Vec<InsnId> = want
-                .par_iter()
-                .map(|&(t, _)| self.at(t).unwrap_or(NO_INSN))
-                .collect();
-            for (&(_, k), &to) in want.iter().zip(&ids) {
-                side[k as usize].1 = to;
-            }
-            let found: Vec<(InsnId, InsnId)> = open.iter().map(|&k| side[k as usize]).collect();
-            // Written back in parallel, each stretch of the list taking its own branches.
-            const CHUNK: usize = 1 << 16;
-            self.list
-                .par_chunks_mut(CHUNK)
-                .enumerate()
-                .for_each(|(c, chunk)| {
-                    let lo = (c * CHUNK) as InsnId;
-                    let hi = lo + chunk.len() as InsnId;
+        let [later_calls, later_jumps] = later;
+        // The calls and the jumps side by side: each has a serial sort.
+        let (found_calls, found_jumps) = rayon::join(
+            || self.resolve_side(&mut calls, later_calls),
+            || self.resolve_side(&mut jumps, later_jumps),
+        );
+        // Written back in parallel, each stretch of the list taking its own branches.
+        const CHUNK: usize = 1 << 16;
+        self.list
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let lo = (c * CHUNK) as InsnId;
+                let hi = lo + chunk.len() as InsnId;
+                for found in [&found_calls, &found_jumps] {
                     let a = found.partition_point(|e| e.0 < lo);
                     let b = found.partition_point(|e| e.0 < hi);
                     for &(from, to) in &found[a..b] {
                         chunk[(from - lo) as usize].set_target_id(to);
                     }
-                });
-        }
+                }
+            });
         self.calls = calls;
         self.jumps = jumps;
+    }
+
+    /// Resolves the targets `want` (address, position in `side`) of one side list's branches,
+    /// in `side`; returns those (branch, target) pairs in the side list's order, which is the
+    /// branches'.
+    fn resolve_side(
+        &self,
+        side: &mut [(InsnId, InsnId)],
+        mut want: Vec<(u64, u32)>,
+    ) -> Vec<(InsnId, InsnId)> {
+        let open: Vec<u32> = want.iter().map(|w| w.1).collect();
+        // Looked up in address order: the searches walk the list forwards, and the many calls
+        // to one function find it in cache.
+        sort_by_address(&mut want);
+        let ids: Vec<InsnId> = want
+            .par_iter()
+            .map(|&(t, _)| self.at(t).unwrap_or(NO_INSN))
+            .collect();
+        for (&(_, k), &to) in want.iter().zip(&ids) {
+            side[k as usize].1 = to;
+        }
+        open.iter().map(|&k| side[k as usize]).collect()
     }
 
     /// The instruction a direct branch at `id` lands on.
@@ -751,19 +766,12 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
         shift,
         first: index.into_iter().map(AtomicU32::into_inner).collect(),
     };
-    let mut sides = Sides::default();
-    for batch in batch_sides
+    let parts: Vec<Sides> = batch_sides
         .into_iter()
         .filter_map(std::sync::OnceLock::into_inner)
-    {
-        let (calls, jumps) = (sides.calls.len() as u32, sides.jumps.len() as u32);
-        let [later_calls, later_jumps] = batch.later;
-        sides.later[0].extend(later_calls.into_iter().map(|(t, k)| (t, k + calls)));
-        sides.later[1].extend(later_jumps.into_iter().map(|(t, k)| (t, k + jumps)));
-        sides.calls.extend(batch.calls);
-        sides.jumps.extend(batch.jumps);
-        sides.returns.extend(batch.returns);
-    }
+        .collect();
+    let sides = Sides::concat(&parts);
+    drop(parts);
     let mut insns = Insns {
         count: len as u64 + folded.into_inner(),
         list,
@@ -815,6 +823,32 @@ struct Sides {
 }
 
 impl Sides {
+    /// The batches' lists one after another (positions in `later` moved along), copied in
+    /// parallel: hundreds of thousands of entries, too many to append on one thread.
+    fn concat(parts: &[Sides]) -> Sides {
+        let starts = |len: &dyn Fn(&Sides) -> usize| -> Vec<u32> {
+            let mut at = 0;
+            parts
+                .iter()
+                .map(|p| {
+                    let s = at;
+                    at += len(p) as u32;
+                    s
+                })
+                .collect()
+        };
+        let (call_at, jump_at) = (starts(&|p| p.calls.len()), starts(&|p| p.jumps.len()));
+        Sides {
+            calls: concat_par(parts, |p| &p.calls, |_, e| e),
+            jumps: concat_par(parts, |p| &p.jumps, |_, e| e),
+            returns: concat_par(parts, |p| &p.returns, |_, e| e),
+            later: [
+                concat_par(parts, |p| &p.later[0], |i, (t, k)| (t, k + call_at[i])),
+                concat_par(parts, |p| &p.later[1], |i, (t, k)| (t, k + jump_at[i])),
+            ],
+        }
+    }
+
     /// Whether an instruction belongs in one of the lists.
     fn wanted(i: &Insn) -> bool {
         matches!(
@@ -936,6 +970,30 @@ fn rebase(batch: &mut [Insn], branches: &[u32], start: usize) {
             d.set_target_id(d.target_id() + start as InsnId);
         }
     }
+}
+
+/// The lists `list(p)` of all `parts`, one after another, each element passed through `f` with
+/// the index of its part; the parts are copied in parallel.
+fn concat_par<P: Sync, T: Copy + Send + Sync + Default>(
+    parts: &[P],
+    list: impl Fn(&P) -> &Vec<T> + Sync,
+    f: impl Fn(usize, T) -> T + Sync,
+) -> Vec<T> {
+    let total = parts.iter().map(|p| list(p).len()).sum();
+    let mut out = vec![T::default(); total];
+    let mut dsts = Vec::with_capacity(parts.len());
+    let mut rest = &mut out[..];
+    for p in parts {
+        let (dst, tail) = std::mem::take(&mut rest).split_at_mut(list(p).len());
+        dsts.push(dst);
+        rest = tail;
+    }
+    dsts.into_par_iter().enumerate().for_each(|(i, dst)| {
+        for (d, &e) in dst.iter_mut().zip(list(&parts[i])) {
+            *d = f(i, e);
+        }
+    });
+    out
 }
 
 /// Sorts (address, position) pairs by address, then position: by radix when the addresses
