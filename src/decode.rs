@@ -839,12 +839,12 @@ impl Sides {
         };
         let (call_at, jump_at) = (starts(&|p| p.calls.len()), starts(&|p| p.jumps.len()));
         Sides {
-            calls: concat_par(parts, |p| &p.calls, |_, e| e),
-            jumps: concat_par(parts, |p| &p.jumps, |_, e| e),
-            returns: concat_par(parts, |p| &p.returns, |_, e| e),
+            calls: crate::concat_par(parts, |p| &p.calls, |_, e| e),
+            jumps: crate::concat_par(parts, |p| &p.jumps, |_, e| e),
+            returns: crate::concat_par(parts, |p| &p.returns, |_, e| e),
             later: [
-                concat_par(parts, |p| &p.later[0], |i, (t, k)| (t, k + call_at[i])),
-                concat_par(parts, |p| &p.later[1], |i, (t, k)| (t, k + jump_at[i])),
+                crate::concat_par(parts, |p| &p.later[0], |i, (t, k)| (t, k + call_at[i])),
+                crate::concat_par(parts, |p| &p.later[1], |i, (t, k)| (t, k + jump_at[i])),
             ],
         }
     }
@@ -970,30 +970,6 @@ fn rebase(batch: &mut [Insn], branches: &[u32], start: usize) {
             d.set_target_id(d.target_id() + start as InsnId);
         }
     }
-}
-
-/// The lists `list(p)` of all `parts`, one after another, each element passed through `f` with
-/// the index of its part; the parts are copied in parallel.
-fn concat_par<P: Sync, T: Copy + Send + Sync + Default>(
-    parts: &[P],
-    list: impl Fn(&P) -> &Vec<T> + Sync,
-    f: impl Fn(usize, T) -> T + Sync,
-) -> Vec<T> {
-    let total = parts.iter().map(|p| list(p).len()).sum();
-    let mut out = vec![T::default(); total];
-    let mut dsts = Vec::with_capacity(parts.len());
-    let mut rest = &mut out[..];
-    for p in parts {
-        let (dst, tail) = std::mem::take(&mut rest).split_at_mut(list(p).len());
-        dsts.push(dst);
-        rest = tail;
-    }
-    dsts.into_par_iter().enumerate().for_each(|(i, dst)| {
-        for (d, &e) in dst.iter_mut().zip(list(&parts[i])) {
-            *d = f(i, e);
-        }
-    });
-    out
 }
 
 /// Sorts (address, position) pairs by address, then position: by radix when the addresses

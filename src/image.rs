@@ -328,10 +328,9 @@ impl<'data> Image<'data> {
                 Ok(out)
             })
             .collect();
-        let mut symbols = Vec::with_capacity(raw_symbols.len());
-        for part in parts {
-            symbols.extend(part?);
-        }
+        let parts = parts.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let mut symbols = crate::concat_par(&parts, |p| p, |_, s| s);
+        drop(parts);
         crate::lap("load: symbols");
         // Every field takes part, so the unstable (parallel) sort still has one result.
         // `then_with`: the names (strings in the mapped file) are compared only on ties.

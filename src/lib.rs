@@ -27,6 +27,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
 
 use image::{Image, InputError};
 use report::Diagnostic;
@@ -194,6 +195,34 @@ thread_local! {
 /// Ends a step inside a phase (`"graph: noreturn"`): the time since the phase or the previous
 /// step ended, shown by `check --time`. Steps run on the thread that called [`check_image`],
 /// between the parallel parts.
+/// The lists `list(p)` of all `parts`, one after another, each element passed through `f` with
+/// the index of its part. The parts are copied into place in parallel: for lists of hundreds of
+/// thousands of entries, which one thread would append one part at a time.
+pub(crate) fn concat_par<P: Sync, T: Copy + Send + Sync>(
+    parts: &[P],
+    list: impl Fn(&P) -> &[T] + Sync,
+    f: impl Fn(usize, T) -> T + Sync,
+) -> Vec<T> {
+    let total = parts.iter().map(|p| list(p).len()).sum();
+    let mut out: Vec<T> = Vec::with_capacity(total);
+    let mut dsts = Vec::with_capacity(parts.len());
+    let mut rest = &mut out.spare_capacity_mut()[..total];
+    for p in parts {
+        let (dst, tail) = std::mem::take(&mut rest).split_at_mut(list(p).len());
+        dsts.push(dst);
+        rest = tail;
+    }
+    dsts.into_par_iter().enumerate().for_each(|(i, dst)| {
+        for (d, &e) in dst.iter_mut().zip(list(&parts[i])) {
+            d.write(f(i, e));
+        }
+    });
+    // SAFETY: the parts' lengths add up to `total`, and every slot below it was written
+    // above (each destination has its part's length).
+    unsafe { out.set_len(total) };
+    out
+}
+
 pub(crate) fn lap(name: &'static str) {
     if !TIMING.with(|t| t.get()) {
         return;
@@ -547,4 +576,16 @@ pub fn describe_function(path: &Path, name: &str) -> Result<Option<String>, Inpu
         );
     }
     Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn concat_par_keeps_parts_in_order() {
+        let parts: Vec<Vec<u32>> = vec![vec![1, 2, 3], vec![], vec![4], vec![5, 6]];
+        let all = super::concat_par(&parts, |p| p, |i, e| e * 10 + i as u32);
+        assert_eq!(all, [10, 20, 30, 42, 53, 63]);
+        let none: Vec<Vec<u32>> = Vec::new();
+        assert!(super::concat_par(&none, |p| p, |_, e| e).is_empty());
+    }
 }
