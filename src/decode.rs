@@ -8,7 +8,7 @@
 //! the next byte; whether that matters is for the checks to say.
 
 use iced_x86::{
-    Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind as IcedOp, Register,
+    Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind as IcedOp, Register,
 };
 use rayon::prelude::*;
 
@@ -1231,11 +1231,22 @@ fn is_gpr64(r: Register) -> bool {
 }
 
 /// Turns one decoded instruction into its compact form.
-pub fn classify(ins: &Instruction) -> Insn {
-    let mut target = 0;
-    let mut op = StackOp::NONE;
-    let m = ins.mnemonic();
-    let mut kind = match m {
+/// What an instruction's code alone says of it: looked up once per code, so that classifying an
+/// instruction asks iced-x86 only about its operands.
+#[derive(Clone, Copy)]
+enum Class {
+    /// [`Kind::Other`]: it neither branches nor is a mnemonic [`stack_op`] looks at, so at most
+    /// it changes rsp in a way nothing models (when it names rsp as its destination).
+    Plain,
+    /// The kind its mnemonic or its flow control gives.
+    Flow(Kind),
+    /// [`Kind::Other`] (or [`Kind::TableLoad`]) with a mnemonic [`stack_op`] looks at.
+    Stack(Mnemonic),
+}
+
+fn class_of(code: Code) -> Class {
+    let m = code.mnemonic();
+    let kind = match m {
         Mnemonic::Syscall
         | Mnemonic::Sysret
         | Mnemonic::Sysretq
@@ -1251,16 +1262,72 @@ pub fn classify(ins: &Instruction) -> Insn {
         Mnemonic::Int3 => Kind::Int3,
         Mnemonic::Hlt => Kind::Halt,
         Mnemonic::Nop => Kind::Nop,
-        _ => match ins.flow_control() {
+        _ => match code.flow_control() {
             FlowControl::Call => Kind::Call,
             FlowControl::IndirectCall => Kind::CallIndirect,
             FlowControl::UnconditionalBranch => Kind::Jump,
-            FlowControl::IndirectBranch if ins.is_jmp_far_indirect() => Kind::FarJump,
+            FlowControl::IndirectBranch if code.is_jmp_far_indirect() => Kind::FarJump,
             FlowControl::IndirectBranch => Kind::JumpIndirect,
             FlowControl::ConditionalBranch => Kind::JumpCond,
             FlowControl::Return => Kind::Return,
-            _ => Kind::Other,
+            _ if stack_mnemonic(m) => return Class::Stack(m),
+            _ => return Class::Plain,
         },
+    };
+    Class::Flow(kind)
+}
+
+/// The mnemonics [`stack_op`] treats by name.
+fn stack_mnemonic(m: Mnemonic) -> bool {
+    matches!(
+        m,
+        Mnemonic::Push
+            | Mnemonic::Pushf
+            | Mnemonic::Pushfq
+            | Mnemonic::Pop
+            | Mnemonic::Popf
+            | Mnemonic::Popfq
+            | Mnemonic::Leave
+            | Mnemonic::Enter
+            | Mnemonic::Add
+            | Mnemonic::Sub
+            | Mnemonic::And
+            | Mnemonic::Lea
+            | Mnemonic::Mov
+            | Mnemonic::Cmp
+            | Mnemonic::Test
+            | Mnemonic::Bt
+            | Mnemonic::Xchg
+    )
+}
+
+pub fn classify(ins: &Instruction) -> Insn {
+    static CLASSES: std::sync::OnceLock<Box<[Class]>> = std::sync::OnceLock::new();
+    let classes = CLASSES.get_or_init(|| Code::values().map(class_of).collect());
+    let mut target = 0;
+    let mut op = StackOp::NONE;
+    let mut kind = match classes[ins.code() as usize] {
+        Class::Plain => {
+            if ins.op_count() > 0
+                && ins.op0_kind() == IcedOp::Register
+                && ins.op0_register() == Register::RSP
+            {
+                op = StackOp::new(OpKind::UnknownSp, reg::NONE, reg::NONE, 0);
+            }
+            Kind::Other
+        }
+        Class::Stack(m) => {
+            op = stack_op(ins, m);
+            if op.kind == OpKind::None && m == Mnemonic::Mov && ins.op0_kind() == IcedOp::Register {
+                if let (Some(t), Some(r)) = (table_operand(ins, 1), gpr(ins.op0_register())) {
+                    target = t;
+                    op.reg = r;
+                    return Insn::new(ins.ip(), ins.len() as u8, Kind::TableLoad, target, op);
+                }
+            }
+            Kind::Other
+        }
+        Class::Flow(kind) => kind,
     };
     match kind {
         Kind::Call | Kind::Jump | Kind::JumpCond => {
@@ -1292,18 +1359,6 @@ pub fn classify(ins: &Instruction) -> Insn {
         }
         _ => {}
     }
-    if kind == Kind::Other {
-        op = stack_op(ins);
-        if op.kind == OpKind::None && m == Mnemonic::Mov && ins.op0_kind() == IcedOp::Register {
-            if let Some(t) = table_operand(ins, 1) {
-                if let Some(r) = gpr(ins.op0_register()) {
-                    kind = Kind::TableLoad;
-                    target = t;
-                    op.reg = r;
-                }
-            }
-        }
-    }
     Insn::new(ins.ip(), ins.len() as u8, kind, target, op)
 }
 
@@ -1319,9 +1374,9 @@ fn table_operand(ins: &Instruction, op: u32) -> Option<u64> {
     Some(ins.memory_displacement64())
 }
 
-fn stack_op(ins: &Instruction) -> StackOp {
+/// The stack operation of an instruction whose mnemonic is `m`.
+fn stack_op(ins: &Instruction, m: Mnemonic) -> StackOp {
     use OpKind as K;
-    let m = ins.mnemonic();
     let op0_reg = if ins.op_count() > 0 && ins.op0_kind() == IcedOp::Register {
         ins.op0_register()
     } else {
