@@ -14,6 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use stackval::decode::Kind;
+
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -170,6 +172,16 @@ fn batched_decode_matches_one_batch() {
         assert_eq!(whole.calls, split.calls, "{}", src.display());
         assert_eq!(whole.jumps, split.jumps, "{}", src.display());
         assert_eq!(whole.returns, split.returns, "{}", src.display());
+        // The side lists hold exactly the list's instructions of their kinds.
+        let of = |k: &[Kind]| -> Vec<u32> {
+            (0..whole.len() as u32)
+                .filter(|&n| k.contains(&whole.get(n).kind))
+                .collect()
+        };
+        let firsts = |v: &[(u32, u32)]| v.iter().map(|e| e.0).collect::<Vec<_>>();
+        assert_eq!(firsts(&whole.calls), of(&[Kind::Call]));
+        assert_eq!(firsts(&whole.jumps), of(&[Kind::Jump, Kind::JumpCond]));
+        assert_eq!(whole.returns, of(&[Kind::Return]));
         // The address index finds every instruction, and nothing between instructions.
         for (n, i) in split.list.iter().enumerate() {
             assert_eq!(split.at(i.addr), Some(n as u32), "{}", src.display());
