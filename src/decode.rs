@@ -899,13 +899,16 @@ fn index_blocks(
     base: usize,
 ) -> bool {
     let mut sorted = true;
+    let mut last = None;
     for (k, insn) in insns.iter().enumerate() {
-        if k > 0 && insn.addr <= insns[k - 1].addr {
-            sorted = false;
-        }
+        sorted &= last.is_none_or(|l| l < insn.addr);
+        last = Some(insn.addr);
         let Some(cur) = block(insn.addr).filter(|&c| c + 1 < index.len()) else {
             continue;
         };
+        if prev == Some(cur) {
+            continue; // most instructions share their block with the one before
+        }
         let from = prev.map_or(0, |p| p + 1);
         for slot in index.get(from..=cur).unwrap_or(&[]) {
             slot.store((base + k) as InsnId, std::sync::atomic::Ordering::Relaxed);
