@@ -69,14 +69,28 @@ median_rss_kb() {
     printf '%s\n' "${vals[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
 }
 
-# timeit NAME CMD: hyperfine median/stddev into $out/NAME.json (CMD is one shell string).
-# --shell=none: no shell between hyperfine and stackval, nothing to subtract.
-timeit() {
-    local name=$1 cmd=$2
-    hyperfine --style none --runs "$runs" --warmup 1 --ignore-failure --shell=none \
-        --export-json "$out/$name.json" "$cmd" >/dev/null
+# timeit_turns NAME CMD [NAME CMD ...]: the commands measured in turns, one run of each per
+# round for $runs rounds (after one warm-up run of each), so that a change in the machine's load
+# falls on all of them alike rather than on whichever was being measured at the time: their
+# ratios compare runs made seconds apart. One hyperfine-style $out/NAME.json each. CMD is one
+# string; --shell=none: no shell between hyperfine and stackval, nothing to subtract.
+timeit_turns() {
+    local names=() cmds=() r i
+    while [ $# -gt 0 ]; do names+=("$1"); cmds+=("$2"); shift 2; done
+    for r in $(seq "$runs"); do
+        for i in "${!names[@]}"; do
+            # shellcheck disable=SC2046
+            hyperfine --style none --runs 1 $([ "$r" = 1 ] && echo --warmup 1) --ignore-failure \
+                --shell=none --export-json "$out/${names[$i]}.turn$r.json" "${cmds[$i]}" >/dev/null
+        done
+    done
+    for i in "${!names[@]}"; do
+        python3 scripts/bench_result.py turns "$out" "${names[$i]}" "$runs"
+        rm -f "$out/${names[$i]}".turn*.json
+    done
 }
-# timeit_sh: the same through `sh -c` (for redirections); hyperfine subtracts the shell's cost.
+# timeit_sh NAME CMD: $runs runs of CMD through `sh -c` (for redirections; hyperfine subtracts
+# the shell's cost) into $out/NAME.json.
 timeit_sh() {
     local name=$1 cmd=$2
     hyperfine --style none --runs "$runs" --warmup 1 --ignore-failure \
@@ -132,9 +146,9 @@ if [ "$kernels" = 1 ]; then
         echo "bench.sh: Debian $flavour cloud vmlinux: $image" >&2
         read -r insns bytes < <(decode_stats "$image")
         tag=k$flavour
-        timeit "$tag-decode" "$bin decode $image"
-        timeit "$tag-check" "$bin check --no-progress --quiet $image"
-        timeit "$tag-check-j1" "$bin check --jobs 1 --no-progress --quiet $image"
+        timeit_turns "$tag-decode" "$bin decode $image" \
+            "$tag-check" "$bin check --no-progress --quiet $image" \
+            "$tag-check-j1" "$bin check --jobs 1 --no-progress --quiet $image"
         # The progress bar, hidden both ways: stderr to a file is not a terminal.
         timeit_sh "$tag-progress-default" "$bin check $image >/dev/null 2>$out/stderr.tmp"
         timeit_sh "$tag-progress-off" "$bin check --no-progress $image >/dev/null 2>$out/stderr.tmp"
@@ -161,8 +175,8 @@ if [ "$scale" = 1 ]; then
         fi
         read -r insns bytes < <(decode_stats "$image")
         tag=s$mb
-        timeit "$tag-decode" "$bin decode $image"
-        timeit "$tag-check" "$bin check --no-progress --quiet $image"
+        timeit_turns "$tag-decode" "$bin decode $image" \
+            "$tag-check" "$bin check --no-progress --quiet $image"
         rss_runs=3; [ "$mb" -ge 128 ] && rss_runs=1
         rss_decode=$(median_rss_kb $rss_runs "$bin" decode "$image")
         rss_check=$(median_rss_kb $rss_runs "$bin" check --no-progress --quiet "$image")
@@ -254,7 +268,8 @@ if kern:
         rows.append(f"| {name} | {t(r['progress_default'])} s | {t(r['progress_off'])} s | {a / b:.3f} |")
     runs = kern[0][1]["check"]["runs"]
     sections["kernels"] = [head("machine_kernels"), "", f"Wall time: median ± standard deviation of {runs} runs after one warm-up "
-        "(hyperfine, page cache warm). Peak RSS: `/usr/bin/time -v`, median of 3 runs. "
+        "(hyperfine, page cache warm), (a), (b) and (c) taking turns run by run, so that a change in the "
+        "machine's load falls on all three alike. Peak RSS: `/usr/bin/time -v`, median of 3 runs. "
         "(a) `stackval decode IMAGE` (map and parse the image, then iced-x86 over every executable byte on all "
         "cores, keeping nothing: the floor), (b) `stackval check --no-progress --quiet IMAGE` (all cores; ORC "
         "verification on, as by default), (c) the same with `--jobs 1`.", ""] + rows
@@ -287,7 +302,8 @@ if sc:
         rows.append(f"| ~{m} MB | " + " | ".join(f"{v:.3f}" for v in r["phases"].values()) + " |")
     runs = sc[0][1]["check"]["runs"]
     sections["scale"] = [head("machine_scale"), "", "Images from `scripts/gen-synthetic.py --text-mb N --seed 1` (cached in "
-        f"`~/.cache/stackval/synthetic/`). Wall time: median ± standard deviation of {runs} runs (hyperfine); "
+        f"`~/.cache/stackval/synthetic/`). Wall time: median ± standard deviation of {runs} runs (hyperfine; "
+        "floor and check taking turns); "
         "peak RSS: `/usr/bin/time -v` (median of 3 runs; one run at 256 MB). \"vs smallest\": per-MB cost divided by "
         "the smallest image's.", ""] + rows
 

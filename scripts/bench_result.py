@@ -3,11 +3,13 @@
 
     bench_result.py kernel    OUT TAG INSNS BYTES RSS_DECODE RSS_CHECK RSS_JOBS1
     bench_result.py synthetic OUT TAG MB INSNS BYTES RSS_DECODE RSS_CHECK FINDINGS RSS_RUNS
+    bench_result.py turns     OUT NAME RUNS      (merges timeit_turns' runs into OUT/NAME.json)
 
 Reads OUT/TAG-<run>.json (hyperfine exports) and OUT/TAG-phases.txt (`stackval check --time`:
 phase lines `stackval: time: NAME  MS ms`, and the steps inside a phase indented under it).
 """
 import json
+import statistics
 import re
 import sys
 
@@ -35,8 +37,24 @@ def phases(out, tag):
     return top, steps, cpu
 
 
+def turns(out, name, runs):
+    """Merges the one-run hyperfine exports OUT/NAME.turn<r>.json of bench.sh's timeit_turns
+    into OUT/NAME.json, in hyperfine's form."""
+    times = []
+    for r in range(1, runs + 1):
+        times += json.load(open(f"{out}/{name}.turn{r}.json"))["results"][0]["times"]
+    result = dict(command=name, times=times, mean=statistics.mean(times),
+                  median=statistics.median(times),
+                  stddev=statistics.stdev(times) if len(times) > 1 else None,
+                  min=min(times), max=max(times))
+    json.dump({"results": [result]}, open(f"{out}/{name}.json", "w"), indent=1)
+
+
 def main():
     kind, out, tag, *rest = sys.argv[1:]
+    if kind == "turns":
+        turns(out, tag, int(rest[0]))
+        return
     top, steps, cpu = phases(out, tag)
     if kind == "kernel":
         insns, nbytes, rd, rc, rj = rest
