@@ -116,6 +116,9 @@ pub struct Func<'data> {
     pub skip: Option<Skip>,
     /// Another function symbol starts inside this one's range (an alias or inner entry).
     pub has_nested: bool,
+    /// An instruction starts at the function's address (`first`): known here, so that resolving
+    /// a branch to the function need not read that instruction.
+    pub entry_at_first: bool,
 }
 
 impl Func<'_> {
@@ -127,7 +130,11 @@ impl Func<'_> {
     }
     /// The instruction at the function's address, if one starts there.
     pub fn entry(&self, insns: &Insns) -> Option<InsnId> {
-        (self.first < self.end && insns.get(self.first).addr == self.addr).then_some(self.first)
+        debug_assert_eq!(
+            self.entry_at_first,
+            self.first < self.end && insns.get(self.first).addr == self.addr
+        );
+        self.entry_at_first.then_some(self.first)
     }
 }
 
@@ -313,7 +320,7 @@ impl<'data> Graph<'data> {
             return Dest::Nowhere;
         };
         // Whether `id` is the entry of `func`: its first instruction, at its address.
-        let is_entry = |func: &Func<'_>| id == func.first && insns.get(id).addr == func.addr;
+        let is_entry = |func: &Func<'_>| id == func.first && func.entry_at_first;
         // Most branches stay inside their own function: no search needed for those.
         if let Some(h) = home {
             let hf = self.func(h);
@@ -534,16 +541,24 @@ fn collect_funcs<'data>(image: &Image<'data>, insns: &Insns) -> Vec<Func<'data>>
             .then_with(|| a.name.cmp(b.name))
     });
     candidates.dedup_by_key(|s| s.addr);
-    funcs.par_extend(candidates.par_iter().map(|s| Func {
-        name: s.name,
-        addr: s.addr,
-        size: s.size,
-        section: s.section,
-        first: insns.lower_bound(s.addr),
-        end: insns.lower_bound(s.addr + s.size),
-        parent: None,
-        skip: is_prefix(s.name).then_some(Skip::Prefix),
-        has_nested: false,
+    funcs.par_extend(candidates.par_iter().map(|s| {
+        let first = insns.lower_bound(s.addr);
+        Func {
+            name: s.name,
+            addr: s.addr,
+            size: s.size,
+            section: s.section,
+            first,
+            end: insns.lower_bound(s.addr + s.size),
+            parent: None,
+            skip: is_prefix(s.name).then_some(Skip::Prefix),
+            has_nested: false,
+            // Sizes are positive: an instruction at the address is inside the range.
+            entry_at_first: insns
+                .list
+                .get(first as usize)
+                .is_some_and(|i| i.addr == s.addr),
+        }
     }));
     for i in 1..funcs.len() {
         let start = funcs[i].addr;
@@ -1405,6 +1420,7 @@ mod tests {
                 parent: None,
                 skip: None,
                 has_nested: false,
+                entry_at_first: !code.is_empty(),
             });
             addr += code.len() as u64;
         }
@@ -1457,6 +1473,7 @@ mod tests {
                 parent: None,
                 skip: None,
                 has_nested: false,
+                entry_at_first: first < end,
             })
             .collect();
         let mut serial = vec![NO_FUNC; 64];

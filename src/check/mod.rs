@@ -639,18 +639,16 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             // frame exists, and patched to a nop at boot) and calls into the middle of an
             // instruction (the SRSO/retbleed thunks hide code inside other instructions).
             // Intra-function calls (retpolines, RSB stuffing) are jumps that push, not calls.
-            let special_call = match step {
-                Step::Call(Dest::Entry(g)) => ctx.graph.func(g).name == "__fentry__",
-                Step::Call(Dest::Nowhere | Dest::Local(_)) => true,
-                Step::Call(Dest::Code(_) | Dest::Label(_)) => home.is_none(),
-                _ => false,
-            };
-            if fp
-                && !special_call
-                && matches!(step, Step::Call(_) | Step::CallIndirect)
-                && !state.has_frame()
-            {
-                return Err(Stop(Finding::new(FindingKind::CallWithoutFrame, insn.addr)));
+            if fp && matches!(step, Step::Call(_) | Step::CallIndirect) && !state.has_frame() {
+                let special_call = match step {
+                    Step::Call(Dest::Entry(g)) => ctx.graph.func(g).name == "__fentry__",
+                    Step::Call(Dest::Nowhere | Dest::Local(_)) => true,
+                    Step::Call(Dest::Code(_) | Dest::Label(_)) => home.is_none(),
+                    _ => false,
+                };
+                if !special_call {
+                    return Err(Stop(Finding::new(FindingKind::CallWithoutFrame, insn.addr)));
+                }
             }
             let op = insn.op();
             if op.kind != crate::decode::OpKind::None {
