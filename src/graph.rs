@@ -1010,7 +1010,10 @@ pub fn step(
     id: InsnId,
 ) -> Step {
     // Most instructions only go on to the next one, whatever the tables say of them: no call
-    // for those.
+    // for those. int3 traps and, as objtool has it, continues (int3_selftest(), kprobes); as
+    // padding after a return or jump no path reaches it. iretq inside a function is
+    // sync_core()'s iret-to-self: it continues with the next instruction, its stack effect
+    // checked by the state walk.
     if matches!(
         insns.get(id).kind,
         Kind::Other | Kind::Nop | Kind::TableLoad | Kind::Int3 | Kind::Halt | Kind::Iretq
@@ -1066,13 +1069,8 @@ fn step_flow(
         Kind::ContextSwitch => Step::ContextSwitch,
         Kind::FarJump => Step::FarJump,
         Kind::Invalid => Step::Invalid,
-        // Handled first: int3 traps and, as objtool has it, continues (int3_selftest(),
-        // kprobes); as padding after a return or jump no path reaches it. iretq inside a
-        // function is sync_core()'s iret-to-self: it continues with the next instruction, its
-        // stack effect checked by the state walk.
-        Kind::Other | Kind::Nop | Kind::TableLoad | Kind::Int3 | Kind::Halt | Kind::Iretq => {
-            Step::Next
-        }
+        // The kinds `step` answers itself.
+        _ => Step::Next,
     }
 }
 

@@ -345,8 +345,9 @@ struct Walk<'c, 'a, 'data> {
     /// Where the last ORC lookup ended (see `Orc::lookup_near`).
     orc_cursor: usize,
     /// Addresses `[lo, hi)` where the ORC entry that last confirmed the current state is in
-    /// force, within the function's own range, while the path has not changed the state since:
-    /// instructions there need no lookup and no comparison, only counting. Empty otherwise.
+    /// force, within the function's own range, while the path has not changed the state since
+    /// (a queued path keeps it: `Pending::confirmed`): instructions there need no lookup and
+    /// no comparison, only counting. Empty otherwise.
     orc_confirmed: (u64, u64),
     /// The end of the function's own instructions (`Func::end`; 0 for a hint walk).
     own_end: InsnId,
