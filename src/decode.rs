@@ -1233,7 +1233,6 @@ fn is_gpr64(r: Register) -> bool {
     r.is_gpr64()
 }
 
-/// Turns one decoded instruction into its compact form.
 /// What an instruction's code alone says of it: looked up once per code, so that classifying an
 /// instruction asks iced-x86 only about its operands.
 #[derive(Clone, Copy)]
@@ -1304,6 +1303,7 @@ fn stack_mnemonic(m: Mnemonic) -> bool {
     )
 }
 
+/// Turns one decoded instruction into its compact form.
 pub fn classify(ins: &Instruction) -> Insn {
     static CLASSES: std::sync::OnceLock<Box<[Class]>> = std::sync::OnceLock::new();
     let classes = CLASSES.get_or_init(|| Code::values().map(class_of).collect());
@@ -1323,9 +1323,8 @@ pub fn classify(ins: &Instruction) -> Insn {
             op = stack_op(ins, m);
             if op.kind == OpKind::None && m == Mnemonic::Mov && ins.op0_kind() == IcedOp::Register {
                 if let (Some(t), Some(r)) = (table_operand(ins, 1), gpr(ins.op0_register())) {
-                    target = t;
                     op.reg = r;
-                    return Insn::new(ins.ip(), ins.len() as u8, Kind::TableLoad, target, op);
+                    return Insn::new(ins.ip(), ins.len() as u8, Kind::TableLoad, t, op);
                 }
             }
             Kind::Other

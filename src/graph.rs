@@ -189,9 +189,9 @@ pub struct Graph<'data> {
     /// Cold parts of each function: `cold[cold_start[f]..cold_start[f+1]]`.
     cold: Vec<FuncId>,
     cold_start: Vec<u32>,
-    /// Direct edges as each function's scan found them, ordered on first use ([`Graph::edges_from`],
-    /// [`Graph::edges_to`]): the checks themselves never need them, so a check does not pay for
-    /// ordering them.
+    /// Direct edges as each function's scan found them, ordered on first use
+    /// ([`Graph::edges_from`], [`Graph::edges_to`]): the checks themselves never need them, so
+    /// a check does not pay for ordering them.
     scanned: Vec<Vec<Edge>>,
     ordered: std::sync::OnceLock<OrderedEdges>,
     /// Resolved switch tables, keyed by the indirect jump.
@@ -953,6 +953,9 @@ pub fn skips_original(tables: &Tables, id: InsnId) -> bool {
 
 /// Where execution continues after falling off the end of `id`, if that is not simply the
 /// next instruction: the end of an alternative's replacement returns to its original code.
+/// Asked at every fall-through of every walk, and few have one: inlined, so the test for none
+/// costs a flag read.
+#[inline]
 pub fn alt_exit(tables: &Tables, id: InsnId) -> Option<InsnId> {
     if tables.flags(id) & kernel::ALT_EXIT == 0 {
         return None;
@@ -1064,8 +1067,6 @@ fn step_flow(
         // A ud2 listed in __bug_table as a warning traps, reports and continues.
         Kind::Ud2 if flags & kernel::WARN_UD2 != 0 => Step::Next,
         Kind::Ud2 => Step::DeadEnd,
-        // int3 traps and, as objtool has it, continues (int3_selftest(), kprobes); as padding
-        // after a return or jump no path reaches it.
         Kind::ContextSwitch => Step::ContextSwitch,
         Kind::FarJump => Step::FarJump,
         Kind::Invalid => Step::Invalid,

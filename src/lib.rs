@@ -192,9 +192,6 @@ thread_local! {
     static TIMING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Ends a step inside a phase (`"graph: noreturn"`): the time since the phase or the previous
-/// step ended, shown by `check --time`. Steps run on the thread that called [`check_image`],
-/// between the parallel parts.
 /// The lists `list(p)` of all `parts`, one after another, each element passed through `f` with
 /// the index of its part. The parts are copied into place in parallel: for lists of hundreds of
 /// thousands of entries, which one thread would append one part at a time.
@@ -223,6 +220,9 @@ pub(crate) fn concat_par<P: Sync, T: Copy + Send + Sync>(
     out
 }
 
+/// Ends a step inside a phase (`"graph: noreturn"`): the time since the phase or the previous
+/// step ended, shown by `check --time`. Steps run on the thread that called [`check_image`],
+/// between the parallel parts.
 pub(crate) fn lap(name: &'static str) {
     if !TIMING.with(|t| t.get()) {
         return;

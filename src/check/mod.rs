@@ -800,21 +800,18 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         let ctx = self.ctx;
         let insns = ctx.insns;
         let insn = insns.get(id);
-        let next = id + 1;
-        // Most instructions are followed by the next one of the function's own range.
-        if home == Some(self.f)
-            && next < self.own_end
-            && insns.get(next).addr == insn.end()
-            && ctx.tables.flags(id) & crate::kernel::ALT_EXIT == 0
-        {
-            return Ok((next, home));
-        }
         if let Some(back) = alt_exit(ctx.tables, id) {
             let back_home = ctx.graph.func_of(back).map(|g| ctx.graph.home(g));
             return Ok((back, back_home));
         }
+        let next = id + 1;
         if next as usize >= insns.len() || insns.get(next).addr != insn.end() {
             return Err(Stop(Finding::new(FindingKind::EndOfSection, insn.addr)));
+        }
+        // Most instructions are followed by the next one of the function's own range: its
+        // code, no region test needed.
+        if home == Some(self.f) && next < self.own_end {
+            return Ok((next, home));
         }
         let next_addr = insns.get(next).addr;
         if self.hint_walk && home.is_none() {

@@ -503,6 +503,14 @@ mod tests {
     }
 
     #[test]
+    fn saved_slots_follow_callee_saved_order() {
+        for r in 0..16u8 {
+            let want = CALLEE_SAVED.iter().position(|&c| c == r);
+            assert_eq!(saved_slot(r), want, "register {}", reg::name(r));
+        }
+    }
+
+    #[test]
     fn frame_setup_and_teardown() {
         let push_bp = op(OpKind::PushReg, reg::BP, reg::NONE, 0);
         let mov = op(OpKind::MovSpTo, reg::BP, reg::NONE, 0);
