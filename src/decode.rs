@@ -681,6 +681,9 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
         // The batch's calls, jumps and returns (indexes into the batch).
         let mut marks: Vec<u32> = Vec::new();
         let mut starts = Starts::default();
+        // Filled per batch, then copied out at its size: the worker's lists keep their
+        // capacity from batch to batch instead of growing from nothing each time.
+        let mut sides = Sides::default();
         let place_of = |b: usize| match b.checked_sub(1) {
             None => (0, None),
             Some(p) => {
@@ -696,7 +699,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
             marks.clear();
             let direct = batch.iter().map(|p| p.1.len()).sum::<usize>() > big;
             // Recorded while the targets are still batch-local (`collect` moves them).
-            let mut sides = Sides::default();
+            sides.clear();
             let (start, prev_last, placed): (usize, Option<u64>, &[Insn]) = if direct {
                 let (start, prev_last) = place_of(b);
                 let (n, more) = decode_batch(batch, &mut marks, &mut starts, |k, insn| {
@@ -742,7 +745,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
             if !index_blocks(&index, &block, prev_last.and_then(block), placed, start) {
                 sorted.store(false, Ordering::Relaxed);
             }
-            let _ = batch_sides[b].set(sides);
+            let _ = batch_sides[b].set(sides.copy());
         }
     });
     let len = ends.last().map_or(0, |e| e.load(Ordering::Acquire));
@@ -846,6 +849,23 @@ impl Sides {
                 crate::concat_par(parts, |p| &p.later[0], |i, (t, k)| (t, k + call_at[i])),
                 crate::concat_par(parts, |p| &p.later[1], |i, (t, k)| (t, k + jump_at[i])),
             ],
+        }
+    }
+
+    fn clear(&mut self) {
+        self.calls.clear();
+        self.jumps.clear();
+        self.returns.clear();
+        self.later.iter_mut().for_each(Vec::clear);
+    }
+
+    /// A copy with no spare capacity.
+    fn copy(&self) -> Sides {
+        Sides {
+            calls: self.calls.clone(),
+            jumps: self.jumps.clone(),
+            returns: self.returns.clone(),
+            later: self.later.clone(),
         }
     }
 
@@ -1040,11 +1060,17 @@ struct Starts {
     lo: u64,
     slots: Vec<u32>,
     /// Whether this batch uses the slots: not when its pieces span far more addresses than
-    /// they have bytes (sections far apart), where a search is used instead.
+    /// they have bytes (sections far apart) or more than [`Starts::MAX_SPAN`], where a search
+    /// is used instead.
     on: bool,
 }
 
 impl Starts {
+    /// The widest batch the slots cover (four bytes of slot per byte of code): wider ones are
+    /// the few huge pieces decoded straight into the list, mostly without branches, where a
+    /// search costs less than filling megabytes of slots.
+    const MAX_SPAN: usize = 4 * BATCH;
+
     fn reset(&mut self, batch: &[(u64, &[u8])]) {
         let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
             self.on = false;
@@ -1052,7 +1078,7 @@ impl Starts {
         };
         let span = (last.0 + last.1.len() as u64).saturating_sub(first.0) as usize;
         let bytes: usize = batch.iter().map(|p| p.1.len()).sum();
-        self.on = span <= bytes.saturating_mul(2);
+        self.on = span <= bytes.saturating_mul(2) && span <= Starts::MAX_SPAN;
         if self.on && self.slots.len() < span {
             self.slots.resize(span, u32::MAX);
         }

@@ -431,53 +431,65 @@ fn orc(image: &Image<'_>) -> Option<Orc> {
         return None;
     }
     let v3 = image.section_by_name(".orc_header").is_some();
-    let mut pairs: Vec<(u64, OrcEntry)> = (0..n)
-        .map(|i| {
-            let ip = rel(ip_base + 4 * i as u64, s32(ip_bytes, 4 * i));
-            let e = &entry_bytes[6 * i..6 * i + 6];
-            let bits = u16::from_le_bytes([e[4], e[5]]);
-            let (sp_reg, bp_reg) = ((bits & 0xf) as u8, ((bits >> 4) & 0xf) as u8);
-            let (kind, signal) = if v3 {
-                let k = match (bits >> 8) & 7 {
-                    0 => OrcType::Undefined,
-                    1 => OrcType::EndOfStack,
-                    2 => OrcType::Call,
-                    3 => OrcType::Regs,
-                    _ => OrcType::RegsPartial,
-                };
-                (k, bits >> 11 & 1 != 0)
-            } else {
-                let k = match (bits >> 8) & 3 {
-                    0 => OrcType::Call,
-                    1 => OrcType::Regs,
-                    _ => OrcType::RegsPartial,
-                };
-                // Before 6.4 an undefined entry is a CALL entry with sp_reg UNDEFINED, and
-                // `end` marks the end of the stack.
-                let k = match (k, sp_reg, bits >> 10 & 1 != 0) {
-                    (_, _, true) => OrcType::EndOfStack,
-                    (OrcType::Call, orc_reg::UNDEFINED, _) => OrcType::Undefined,
-                    (k, _, _) => k,
-                };
-                (k, matches!(k, OrcType::Regs | OrcType::RegsPartial))
+    let ip_at = |i: usize| rel(ip_base + 4 * i as u64, s32(ip_bytes, 4 * i));
+    let entry_at = |i: usize| {
+        let e = &entry_bytes[6 * i..6 * i + 6];
+        let bits = u16::from_le_bytes([e[4], e[5]]);
+        let (sp_reg, bp_reg) = ((bits & 0xf) as u8, ((bits >> 4) & 0xf) as u8);
+        let (kind, signal) = if v3 {
+            let k = match (bits >> 8) & 7 {
+                0 => OrcType::Undefined,
+                1 => OrcType::EndOfStack,
+                2 => OrcType::Call,
+                3 => OrcType::Regs,
+                _ => OrcType::RegsPartial,
             };
-            let entry = OrcEntry {
-                sp_offset: i16::from_le_bytes([e[0], e[1]]),
-                bp_offset: i16::from_le_bytes([e[2], e[3]]),
-                sp_reg,
-                bp_reg,
-                kind,
-                signal,
+            (k, bits >> 11 & 1 != 0)
+        } else {
+            let k = match (bits >> 8) & 3 {
+                0 => OrcType::Call,
+                1 => OrcType::Regs,
+                _ => OrcType::RegsPartial,
             };
-            (ip, entry)
-        })
-        .collect();
-    pairs.sort_by_key(|p| p.0);
+            // Before 6.4 an undefined entry is a CALL entry with sp_reg UNDEFINED, and
+            // `end` marks the end of the stack.
+            let k = match (k, sp_reg, bits >> 10 & 1 != 0) {
+                (_, _, true) => OrcType::EndOfStack,
+                (OrcType::Call, orc_reg::UNDEFINED, _) => OrcType::Undefined,
+                (k, _, _) => k,
+            };
+            (k, matches!(k, OrcType::Regs | OrcType::RegsPartial))
+        };
+        OrcEntry {
+            sp_offset: i16::from_le_bytes([e[0], e[1]]),
+            bp_offset: i16::from_le_bytes([e[2], e[3]]),
+            sp_reg,
+            bp_reg,
+            kind,
+            signal,
+        }
+    };
+    // The build sorts the table (scripts/sorttable), so it is read straight into place, in
+    // parallel; an unsorted one is sorted here, keeping entries with their addresses.
+    let (ips, entries) = sorted_by_address(
+        (0..n).into_par_iter().map(ip_at).collect(),
+        (0..n).into_par_iter().map(entry_at).collect(),
+    );
     Some(Orc {
-        ips: pairs.iter().map(|p| p.0).collect(),
-        entries: pairs.into_iter().map(|p| p.1).collect(),
+        ips,
+        entries,
         layout: if v3 { "v3" } else { "v2" },
     })
+}
+
+/// ORC entries ordered by address, entries with equal addresses kept in table order.
+fn sorted_by_address(ips: Vec<u64>, entries: Vec<OrcEntry>) -> (Vec<u64>, Vec<OrcEntry>) {
+    if ips.is_sorted() {
+        return (ips, entries);
+    }
+    let mut order: Vec<usize> = (0..ips.len()).collect();
+    order.sort_by_key(|&i| ips[i]);
+    order.iter().map(|&i| (ips[i], entries[i])).unzip()
 }
 
 fn kernel_at_least(image: &Image<'_>, major: u32, minor: u32) -> bool {
@@ -511,6 +523,23 @@ mod tests {
             })
             .collect();
         check_nearby(big, addrs);
+    }
+
+    #[test]
+    fn unsorted_tables_are_sorted_keeping_pairs() {
+        let e = |sp_offset: i16| OrcEntry {
+            sp_offset,
+            bp_offset: 0,
+            sp_reg: 0,
+            bp_reg: 0,
+            kind: OrcType::Call,
+            signal: false,
+        };
+        let (ips, entries) = sorted_by_address(vec![30, 10, 20, 10], vec![e(3), e(1), e(2), e(4)]);
+        assert_eq!(ips, [10, 10, 20, 30]);
+        assert_eq!(entries, [e(1), e(4), e(2), e(3)]);
+        let (ips, entries) = sorted_by_address(vec![1, 2], vec![e(1), e(2)]);
+        assert_eq!((ips, entries), (vec![1, 2], vec![e(1), e(2)]));
     }
 
     fn check_nearby(ips: Vec<u64>, addrs: Vec<u64>) {
