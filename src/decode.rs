@@ -662,11 +662,9 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
     let index: Vec<AtomicU32> = (0..=blocks).map(|_| AtomicU32::new(0)).collect();
     let block = |addr: u64| addr.checked_sub(lo).map(|d| (d >> shift) as usize);
     let next = AtomicUsize::new(0);
-    // Where each batch ends in the list and the address of its last instruction, once placed.
-    let ends: Vec<AtomicUsize> = (0..batches.len())
-        .map(|_| AtomicUsize::new(usize::MAX))
-        .collect();
-    let last_addrs: Vec<AtomicU64> = (0..batches.len()).map(|_| AtomicU64::new(0)).collect();
+    let queue = std::sync::Mutex::new(Queue::default());
+    // Scratch lists of batches placed by another worker, for reuse.
+    let spare: std::sync::Mutex<Vec<Decoded>> = std::sync::Mutex::new(Vec::new());
     let sorted = std::sync::atomic::AtomicBool::new(true);
     let batch_sides: Vec<std::sync::OnceLock<Sides>> = (0..batches.len())
         .map(|_| std::sync::OnceLock::new())
@@ -676,79 +674,97 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
     // place is known, rather than into a scratch vector as large as itself.
     let big = batch.saturating_mul(4);
     let folded = AtomicU64::new(0);
-    rayon::broadcast(|_| {
-        let mut scratch: Vec<Insn> = Vec::new();
-        // The batch's calls, jumps and returns (indexes into the batch).
-        let mut marks: Vec<u32> = Vec::new();
-        let mut starts = Starts::default();
-        // Filled per batch, then copied out at its size: the worker's lists keep their
-        // capacity from batch to batch instead of growing from nothing each time.
-        let mut sides = Sides::default();
-        let place_of = |b: usize| match b.checked_sub(1) {
-            None => (0, None),
-            Some(p) => {
-                let end = wait_for(&ends[p]);
-                let last = last_addrs[p].load(Ordering::Relaxed);
-                (end, (end > 0).then_some(last))
-            }
+    // What placing a batch at `start` leaves to do once its instructions are in the list:
+    // the side lists (their ids depend on `start`) and the block index.
+    let finish = |b: usize,
+                  start: usize,
+                  prev_last: Option<u64>,
+                  placed: &[Insn],
+                  marks: &[u32],
+                  sides: &mut Sides| {
+        let Some(first) = placed.first() else {
+            let _ = batch_sides[b].set(Sides::default());
+            return;
         };
+        sides.clear();
+        sides.collect(placed, marks.iter().map(|&k| k as usize), start as InsnId);
+        let _ = batch_sides[b].set(sides.copy());
+        if prev_last.is_some_and(|l| l >= first.addr) {
+            sorted.store(false, Ordering::Relaxed);
+        }
+        // The previous batch's last instruction comes before this batch's first.
+        if !index_blocks(&index, &block, prev_last.and_then(block), placed, start) {
+            sorted.store(false, Ordering::Relaxed);
+        }
+    };
+    rayon::broadcast(|_| {
+        let mut starts = Starts::default();
+        let mut sides = Sides::default();
+        // Batches this worker took from the queue to place: (batch, start, previous last).
+        let mut ready: Vec<(Decoded, usize, Option<u64>)> = Vec::new();
         loop {
             let b = next.fetch_add(1, Ordering::Relaxed);
             let Some(batch) = batches.get(b) else { break };
-            scratch.clear();
-            marks.clear();
             let direct = batch.iter().map(|p| p.1.len()).sum::<usize>() > big;
-            // Recorded while the targets are still batch-local (`collect` moves them).
-            sides.clear();
-            let (start, prev_last, placed): (usize, Option<u64>, &[Insn]) = if direct {
-                let (start, prev_last) = place_of(b);
+            if direct {
+                // Its turn comes when every batch before it has a place.
+                let (start, prev_last) = loop {
+                    let q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                    if q.next == b {
+                        break (q.start, q.last);
+                    }
+                    drop(q);
+                    std::thread::yield_now();
+                };
+                let mut marks = Vec::new();
                 let (n, more) = decode_batch(batch, &mut marks, &mut starts, |k, insn| {
-                    // SAFETY: slots from `start` belong to batch b alone until it publishes
-                    // its end (below); no batch after it can be placed before.
+                    // SAFETY: slots from `start` belong to batch b alone until it is committed
+                    // (below); no batch after it gets a place before.
                     unsafe { slots.write(start + k, insn) }
                 });
                 folded.fetch_add(more, Ordering::Relaxed);
                 // SAFETY: as above; the slots were all written just now.
                 let here = unsafe { slots.slice_mut(start, n) };
                 resolve_local(here, &marks, &starts);
-                sides.collect(here, marks.iter().map(|&k| k as usize), start as InsnId);
+                let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                q.next = b + 1;
+                q.start = start + n;
+                q.last = here.last().map(|l| l.addr).or(prev_last);
+                q.take_ready(&mut ready);
+                drop(q);
+                // The side lists record targets still batch-local: before `rebase`.
+                finish(b, start, prev_last, here, &marks, &mut sides);
                 rebase(here, &marks, start);
-                let last_addr = here.last().map(|l| l.addr).or(prev_last).unwrap_or(0);
-                last_addrs[b].store(last_addr, Ordering::Relaxed);
-                ends[b].store(start + n, Ordering::Release);
-                (start, prev_last, here)
             } else {
-                let (_, more) =
-                    decode_batch(batch, &mut marks, &mut starts, |_, insn| scratch.push(insn));
+                let mut d = spare
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pop()
+                    .unwrap_or_default();
+                d.batch = b;
+                d.insns.clear();
+                d.marks.clear();
+                let (_, more) = decode_batch(batch, &mut d.marks, &mut starts, |_, insn| {
+                    d.insns.push(insn)
+                });
                 folded.fetch_add(more, Ordering::Relaxed);
-                resolve_local(&mut scratch, &marks, &starts);
-                let (start, prev_last) = place_of(b);
-                sides.collect(&scratch, marks.iter().map(|&k| k as usize), start as InsnId);
-                // Publish where this batch ends at once, so the next one can be placed while
-                // this one is still being copied.
-                let last_addr = scratch.last().map(|l| l.addr).or(prev_last).unwrap_or(0);
-                last_addrs[b].store(last_addr, Ordering::Relaxed);
-                ends[b].store(start + scratch.len(), Ordering::Release);
+                resolve_local(&mut d.insns, &d.marks, &starts);
+                let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                q.parked.push(d);
+                q.take_ready(&mut ready);
+            }
+            // Place the batches taken, each in the range the queue gave it.
+            for (d, start, prev_last) in ready.drain(..) {
+                finish(d.batch, start, prev_last, &d.insns, &d.marks, &mut sides);
                 // SAFETY: [start, start + len) lies within the list (one slot per byte at
-                // most) and no other thread writes there: batch b alone owns it, between the
-                // end of batch b - 1 and the end it published.
-                unsafe { slots.place(start, &scratch, &marks) };
-                (start, prev_last, &scratch[..])
-            };
-            let Some(first) = placed.first() else {
-                continue;
-            };
-            if prev_last.is_some_and(|l| l >= first.addr) {
-                sorted.store(false, Ordering::Relaxed);
+                // most) and no other thread writes there: the queue gave it to this batch
+                // alone, between the end of the batch before and the start of the next.
+                unsafe { slots.place(start, &d.insns, &d.marks) };
+                spare.lock().unwrap_or_else(|e| e.into_inner()).push(d);
             }
-            // The previous batch's last instruction comes before this batch's first.
-            if !index_blocks(&index, &block, prev_last.and_then(block), placed, start) {
-                sorted.store(false, Ordering::Relaxed);
-            }
-            let _ = batch_sides[b].set(sides.copy());
         }
     });
-    let len = ends.last().map_or(0, |e| e.load(Ordering::Acquire));
+    let len = queue.into_inner().unwrap_or_else(|e| e.into_inner()).start;
     list.truncate(len);
     crate::lap("decode: batches");
 
@@ -787,6 +803,42 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
     insns.resolve_later(sides.later);
     crate::lap("decode: resolve");
     insns
+}
+
+/// A batch decoded into a scratch list, waiting for its place.
+#[derive(Default)]
+struct Decoded {
+    batch: usize,
+    insns: Vec<Insn>,
+    /// Indexes of the instructions [`Sides`] keeps (and of every one with a target).
+    marks: Vec<u32>,
+}
+
+/// Which batch gets its place in the list next, and where. A worker that decodes a batch
+/// before the ones ahead of it are placed parks it here and goes on with the next batch
+/// instead of waiting; whoever parks or commits the batch a parked one follows takes it along.
+#[derive(Default)]
+struct Queue {
+    /// The next batch to place, where it starts, and the address of the last instruction
+    /// placed before it.
+    next: usize,
+    start: usize,
+    last: Option<u64>,
+    parked: Vec<Decoded>,
+}
+
+impl Queue {
+    /// Gives every parked batch whose turn has come its place, moving it to `ready`.
+    fn take_ready(&mut self, ready: &mut Vec<(Decoded, usize, Option<u64>)>) {
+        while let Some(i) = self.parked.iter().position(|d| d.batch == self.next) {
+            let d = self.parked.swap_remove(i);
+            let (start, prev_last) = (self.start, self.last);
+            self.start += d.insns.len();
+            self.last = d.insns.last().map(|l| l.addr).or(self.last);
+            self.next += 1;
+            ready.push((d, start, prev_last));
+        }
+    }
 }
 
 /// Decodes one batch's pieces, handing each instruction to `put` with its index in the batch
@@ -1031,23 +1083,6 @@ fn sort_by_address(v: &mut Vec<(u64, u32)>) {
         std::mem::swap(&mut from, &mut to);
     }
     *v = from;
-}
-
-/// Waits until another worker publishes where its batch ends.
-fn wait_for(end: &std::sync::atomic::AtomicUsize) -> usize {
-    let mut spins = 0u32;
-    loop {
-        let e = end.load(std::sync::atomic::Ordering::Acquire);
-        if e != usize::MAX {
-            return e;
-        }
-        spins += 1;
-        if spins < 64 {
-            std::hint::spin_loop();
-        } else {
-            std::thread::yield_now();
-        }
-    }
 }
 
 /// Where the instructions of the batch being decoded start: at each byte offset from the
