@@ -147,6 +147,11 @@ pub struct Insn {
     op_kind: OpKind,
     op_reg: u8,
     op_base: u8,
+    /// For a direct branch to a function's entry, that function plus one (24 bits, little
+    /// endian), noted once the functions are known ([`Insn::set_callee`]); otherwise 0. The
+    /// walks resolve most calls from it without reading the target's owner, a cache miss
+    /// each. It fills what would be padding.
+    callee: [u8; 3],
 }
 
 const _: () = assert!(std::mem::size_of::<Insn>() == 24);
@@ -163,6 +168,7 @@ impl Insn {
             op_kind: op.kind,
             op_reg: op.reg,
             op_base: op.base,
+            callee: [0; 3],
         };
         if insn.is_branch() {
             insn.data = NO_INSN;
@@ -219,6 +225,24 @@ impl Insn {
         } else {
             NO_INSN
         }
+    }
+
+    /// The function whose entry this direct branch lands on, if noted.
+    pub fn callee(&self) -> Option<u32> {
+        let [a, b, c] = self.callee;
+        u32::from_le_bytes([a, b, c, 0]).checked_sub(1)
+    }
+
+    /// Notes that this direct branch lands on function `f`'s entry; false (and nothing noted)
+    /// when `f` does not fit in 24 bits.
+    pub fn set_callee(&mut self, f: u32) -> bool {
+        debug_assert!(self.is_branch());
+        let [a, b, c, d] = (f.wrapping_add(1)).to_le_bytes();
+        if d != 0 || f == u32::MAX {
+            return false;
+        }
+        self.callee = [a, b, c];
+        true
     }
 
     fn set_target_id(&mut self, id: InsnId) {
@@ -283,6 +307,7 @@ const ZERO: Insn = Insn {
     op_kind: OpKind::None,
     op_reg: 0,
     op_base: 0,
+    callee: [0; 3],
 };
 
 impl InsnList {
@@ -1746,6 +1771,20 @@ mod tests {
         let mut empty = Vec::new();
         sort_by_address(&mut empty);
         assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn callee_fits_24_bits() {
+        let mut call = one(&[0xe8, 0, 0, 0, 0]);
+        assert_eq!(call.callee(), None);
+        for f in [0, 1, 0x1234, (1 << 24) - 2] {
+            assert!(call.set_callee(f));
+            assert_eq!(call.callee(), Some(f));
+        }
+        // No room: nothing noted, the last note stays.
+        assert!(!call.set_callee((1 << 24) - 1));
+        assert!(!call.set_callee(u32::MAX));
+        assert_eq!(call.callee(), Some((1 << 24) - 2));
     }
 
     #[test]

@@ -314,6 +314,18 @@ impl<'data> Graph<'data> {
         self.resolve_insn(insns, home, insns.at(target))
     }
 
+    /// Where direct branch `branch` goes, seen from code whose home is `home`: the callee noted
+    /// in the branch when it lands on a function's entry (what [`Graph::resolve_insn`] answers
+    /// for such a target from any home), else [`Graph::resolve_insn`] of its target.
+    pub fn resolve_branch(&self, insns: &Insns, home: Option<FuncId>, branch: InsnId) -> Dest {
+        let d = match insns.get(branch).callee() {
+            Some(f) => Dest::Entry(f),
+            None => self.resolve_insn(insns, home, insns.target(branch)),
+        };
+        debug_assert_eq!(d, self.resolve_insn(insns, home, insns.target(branch)));
+        d
+    }
+
     /// [`Graph::resolve`] for a destination already found in the instruction list.
     pub fn resolve_insn(&self, insns: &Insns, home: Option<FuncId>, id: Option<InsnId>) -> Dest {
         let Some(id) = id else {
@@ -348,7 +360,7 @@ impl<'data> Graph<'data> {
 /// Builds functions, edges and switch tables, then infers noreturn functions.
 pub fn build<'data>(
     image: &Image<'data>,
-    insns: &Insns,
+    insns: &mut Insns,
     tables: &Tables,
     frame_pointer: bool,
 ) -> Graph<'data> {
@@ -362,7 +374,7 @@ pub fn build<'data>(
 fn from_funcs<'data>(
     mut funcs: Vec<Func<'data>>,
     image: Option<&Image<'data>>,
-    insns: &Insns,
+    insns: &mut Insns,
     tables: &Tables,
     frame_pointer: bool,
 ) -> Graph<'data> {
@@ -370,6 +382,9 @@ fn from_funcs<'data>(
     crate::lap("graph: owners");
     link_cold_parts(&mut funcs, &insn_func, insns);
     crate::lap("graph: cold parts");
+    note_callees(&funcs, &insn_func, insns);
+    let insns = &*insns;
+    crate::lap("graph: callees");
     funcs
         .par_iter_mut()
         .filter(|f| f.skip.is_none())
@@ -637,6 +652,38 @@ pub fn cold_parent_name(name: &str) -> Option<&str> {
     .then_some(&name[..i])
 }
 
+/// Notes in every direct branch that lands on a function's entry which function that is
+/// (see [`Graph::resolve_branch`]): done once here, it spares the scan, the noreturn walks and
+/// the validation walks a lookup of the target's owner at each call.
+fn note_callees(funcs: &[Func<'_>], insn_func: &[FuncId], insns: &mut Insns) {
+    const CHUNK: usize = 1 << 16;
+    let Insns {
+        list, calls, jumps, ..
+    } = insns;
+    list.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let lo = (c * CHUNK) as InsnId;
+            let hi = lo + chunk.len() as InsnId;
+            for side in [&calls[..], &jumps[..]] {
+                let from = side.partition_point(|e| e.0 < lo);
+                let to = side.partition_point(|e| e.0 < hi);
+                for &(branch, target) in &side[from..to] {
+                    let Some(f) = (target != crate::decode::NO_INSN)
+                        .then(|| owner(insn_func, target))
+                        .flatten()
+                    else {
+                        continue;
+                    };
+                    let func = &funcs[f as usize];
+                    if func.parent.is_none() && func.first == target && func.entry_at_first {
+                        chunk[(branch - lo) as usize].set_callee(f);
+                    }
+                }
+            }
+        });
+}
+
 /// Links every `.cold` part to its parent: the function that jumps into it. gcc names a part
 /// after the function its code came from, which after inlining need not be the one that
 /// jumps to it (`ftrace_replace_code.cold` is entered from `ftrace_process_locs()`), and static
@@ -765,7 +812,7 @@ fn scan_function(
                 }
             }
             Kind::Call | Kind::Jump | Kind::JumpCond => {
-                let (to, kind) = match graph.resolve_insn(insns, Some(home), insns.target(id)) {
+                let (to, kind) = match graph.resolve_branch(insns, Some(home), id) {
                     Dest::Entry(g) if insn.kind == Kind::Call => (g, EdgeKind::Call),
                     Dest::Entry(g) => (g, EdgeKind::Sibling),
                     Dest::Into(g, _) if graph.func(g).parent.is_some() => (g, EdgeKind::Cold),
@@ -1057,9 +1104,9 @@ fn step_flow(
         }
     }
     match insn.kind {
-        Kind::Jump => Step::Goto(graph.resolve_insn(insns, home, insns.target(id))),
-        Kind::JumpCond => Step::Branch(graph.resolve_insn(insns, home, insns.target(id))),
-        Kind::Call => Step::Call(graph.resolve_insn(insns, home, insns.target(id))),
+        Kind::Jump => Step::Goto(graph.resolve_branch(insns, home, id)),
+        Kind::JumpCond => Step::Branch(graph.resolve_branch(insns, home, id)),
+        Kind::Call => Step::Call(graph.resolve_branch(insns, home, id)),
         Kind::CallIndirect => Step::CallIndirect,
         Kind::JumpIndirect if graph.tables.contains_key(&id) => Step::Table,
         Kind::JumpIndirect => Step::Dynamic,
@@ -1197,7 +1244,7 @@ fn declared_noreturn(graph: &Graph<'_>, insns: &Insns) -> Vec<u32> {
             if insn.kind != Kind::Call || insn.end() != f.end_addr() {
                 return None;
             }
-            match graph.resolve_insn(insns, None, insns.target(last)) {
+            match graph.resolve_branch(insns, None, last) {
                 Dest::Entry(g) => Some(g),
                 Dest::Code(t) | Dest::Label(t) => graph
                     .code_calls
@@ -1502,8 +1549,8 @@ mod tests {
         code_a.extend(jmp(a + 1, b + 1));
         let code_b = vec![0x90, 0x5b, 0xc3];
         let code_c = jmp(c, a);
-        let (funcs, insns) = layout(&[("a", &code_a), ("b", &code_b), ("c", &code_c)]);
-        let g = from_funcs(funcs, None, &insns, &Tables::default(), false);
+        let (funcs, mut insns) = layout(&[("a", &code_a), ("b", &code_b), ("c", &code_c)]);
+        let g = from_funcs(funcs, None, &mut insns, &Tables::default(), false);
         let (fa, fb, fc) = (by_name(&g, "a"), by_name(&g, "b"), by_name(&g, "c"));
         assert_eq!(
             g.resolve(&insns, Some(fa), b + 1),
@@ -1554,14 +1601,14 @@ mod tests {
         let rec = maybe + 11;
         let mut code_rec = call(rec, rec);
         code_rec.push(0xc3);
-        let (funcs, insns) = layout(&[
+        let (funcs, mut insns) = layout(&[
             ("spin", &code_spin),
             ("wrapper", &code_wrapper),
             ("chain", &code_chain),
             ("maybe", &code_maybe),
             ("rec", &code_rec),
         ]);
-        let g = from_funcs(funcs, None, &insns, &Tables::default(), false);
+        let g = from_funcs(funcs, None, &mut insns, &Tables::default(), false);
         let noreturn = |n| g.noreturn[by_name(&g, n) as usize];
         assert!(noreturn("spin"));
         assert!(noreturn("wrapper"));
@@ -1581,8 +1628,8 @@ mod tests {
         let code_ind = vec![0xff, 0xe0];
         let bad = ind + 2;
         let code_bad = jmp(bad, bad + 2);
-        let (funcs, insns) = layout(&[("ind", &code_ind), ("bad", &code_bad)]);
-        let g = from_funcs(funcs, None, &insns, &Tables::default(), false);
+        let (funcs, mut insns) = layout(&[("ind", &code_ind), ("bad", &code_bad)]);
+        let g = from_funcs(funcs, None, &mut insns, &Tables::default(), false);
         assert!(!g.noreturn[0] && !g.noreturn[1]);
     }
 }

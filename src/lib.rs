@@ -244,7 +244,7 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
     let image = Image::parse(path, &map)?;
     timer.phase("load");
 
-    let insns = decode::decode_image(&image);
+    let mut insns = decode::decode_image(&image);
     timer.phase("decode");
 
     let tables = kernel::read(&image, &insns);
@@ -252,7 +252,7 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
 
     let orc = image.section_by_name(".orc_unwind").is_some();
     let frame_pointer = opts.frame_pointer.unwrap_or(!orc);
-    let graph = graph::build(&image, &insns, &tables, frame_pointer);
+    let graph = graph::build(&image, &mut insns, &tables, frame_pointer);
     timer.phase("graph");
 
     let roots = graph.funcs.iter().filter(|f| f.skip.is_none()).count();
@@ -494,10 +494,10 @@ pub fn describe_function(path: &Path, name: &str) -> Result<Option<String>, Inpu
     use std::fmt::Write;
     let map = map_file(path)?;
     let image = Image::parse(path, &map)?;
-    let insns = decode::decode_image(&image);
+    let mut insns = decode::decode_image(&image);
     let tables = kernel::read(&image, &insns);
     let frame_pointer = image.section_by_name(".orc_unwind").is_none();
-    let graph = graph::build(&image, &insns, &tables, frame_pointer);
+    let graph = graph::build(&image, &mut insns, &tables, frame_pointer);
     let Some(sym) = image
         .symbols
         .iter()

@@ -899,7 +899,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 let prev = insns.get(id - 1);
                 prev.kind == Kind::Call
                     && prev.end() == insns.get(id).addr
-                    && match g.resolve_insn(insns, Some(self.f), insns.target(id - 1)) {
+                    && match g.resolve_branch(insns, Some(self.f), id - 1) {
                         Dest::Entry(callee) => g.noreturn[callee as usize],
                         Dest::Code(t) | Dest::Label(t) => g.code_is_noreturn(t),
                         _ => false,
