@@ -1365,8 +1365,8 @@ fn class_of(code: Code) -> Class {
     Class::Flow(kind)
 }
 
-/// The mnemonics [`stack_op`] treats by name.
-fn stack_mnemonic(m: Mnemonic) -> bool {
+/// The mnemonics that always move the stack pointer: push, pop, leave and enter.
+fn moves_stack(m: Mnemonic) -> bool {
     matches!(
         m,
         Mnemonic::Push
@@ -1377,16 +1377,24 @@ fn stack_mnemonic(m: Mnemonic) -> bool {
             | Mnemonic::Popfq
             | Mnemonic::Leave
             | Mnemonic::Enter
-            | Mnemonic::Add
-            | Mnemonic::Sub
-            | Mnemonic::And
-            | Mnemonic::Lea
-            | Mnemonic::Mov
-            | Mnemonic::Cmp
-            | Mnemonic::Test
-            | Mnemonic::Bt
-            | Mnemonic::Xchg
     )
+}
+
+/// The mnemonics [`stack_op`] treats by name.
+fn stack_mnemonic(m: Mnemonic) -> bool {
+    moves_stack(m)
+        || matches!(
+            m,
+            Mnemonic::Add
+                | Mnemonic::Sub
+                | Mnemonic::And
+                | Mnemonic::Lea
+                | Mnemonic::Mov
+                | Mnemonic::Cmp
+                | Mnemonic::Test
+                | Mnemonic::Bt
+                | Mnemonic::Xchg
+        )
 }
 
 /// Turns one decoded instruction into its compact form.
@@ -1406,7 +1414,12 @@ pub fn classify(ins: &Instruction) -> Insn {
             Kind::Other
         }
         Class::Stack(m) => {
-            op = stack_op(ins, m);
+            op = if touches_frame(ins, m) {
+                stack_op(ins, m)
+            } else {
+                StackOp::NONE
+            };
+            debug_assert_eq!(op, stack_op(ins, m));
             if op.kind == OpKind::None && m == Mnemonic::Mov && ins.op0_kind() == IcedOp::Register {
                 if let (Some(t), Some(r)) = (table_operand(ins, 1), gpr(ins.op0_register())) {
                     op.reg = r;
@@ -1448,6 +1461,17 @@ pub fn classify(ins: &Instruction) -> Insn {
         _ => {}
     }
     Insn::new(ins.ip(), ins.len() as u8, kind, target, op)
+}
+
+/// Whether an instruction whose mnemonic is `m` (one [`stack_op`] looks at) can have a stack
+/// effect: push, pop, leave and enter always; the others only when an operand is rsp or a
+/// memory operand is based on rsp or rbp. Most of them (the movs, adds and leas of ordinary
+/// code) are not, and this costs three reads where [`stack_op`] takes a dozen.
+fn touches_frame(ins: &Instruction, m: Mnemonic) -> bool {
+    moves_stack(m)
+        || ins.op0_register() == Register::RSP
+        || ins.op1_register() == Register::RSP
+        || matches!(ins.memory_base(), Register::RSP | Register::RBP)
 }
 
 /// The table address of a `disp(,%idx,8)` memory operand at `op`.
