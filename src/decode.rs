@@ -713,7 +713,8 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
         };
         sides.clear();
         sides.collect(placed, marks.iter().map(|&k| k as usize), start as InsnId);
-        let _ = batch_sides[b].set(sides.copy());
+        // A clone has no spare capacity: the worker's lists keep theirs for the next batch.
+        let _ = batch_sides[b].set(sides.clone());
         if prev_last.is_some_and(|l| l >= first.addr) {
             sorted.store(false, Ordering::Relaxed);
         }
@@ -892,7 +893,7 @@ fn decode_batch(
 
 /// The instructions of interest to whole-image scans, kept aside so those scans need not read
 /// every instruction: direct calls and jumps as (branch, target) pairs, and returns.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Sides {
     calls: Vec<(InsnId, InsnId)>,
     jumps: Vec<(InsnId, InsnId)>,
@@ -934,16 +935,6 @@ impl Sides {
         self.jumps.clear();
         self.returns.clear();
         self.later.iter_mut().for_each(Vec::clear);
-    }
-
-    /// A copy with no spare capacity.
-    fn copy(&self) -> Sides {
-        Sides {
-            calls: self.calls.clone(),
-            jumps: self.jumps.clone(),
-            returns: self.returns.clone(),
-            later: self.later.clone(),
-        }
     }
 
     /// Whether an instruction belongs in one of the lists.

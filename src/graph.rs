@@ -128,6 +128,11 @@ impl Func<'_> {
     pub fn end_addr(&self) -> u64 {
         self.addr + self.size
     }
+    /// Whether instruction `id` is the function's entry: its first, at its address.
+    pub fn entered_at(&self, id: InsnId) -> bool {
+        id == self.first && self.entry_at_first
+    }
+
     /// The instruction at the function's address, if one starts there.
     pub fn entry(&self, insns: &Insns) -> Option<InsnId> {
         debug_assert_eq!(
@@ -318,12 +323,14 @@ impl<'data> Graph<'data> {
     /// in the branch when it lands on a function's entry (what [`Graph::resolve_insn`] answers
     /// for such a target from any home), else [`Graph::resolve_insn`] of its target.
     pub fn resolve_branch(&self, insns: &Insns, home: Option<FuncId>, branch: InsnId) -> Dest {
-        let d = match insns.get(branch).callee() {
-            Some(f) => Dest::Entry(f),
-            None => self.resolve_insn(insns, home, insns.target(branch)),
-        };
-        debug_assert_eq!(d, self.resolve_insn(insns, home, insns.target(branch)));
-        d
+        let resolved = || self.resolve_insn(insns, home, insns.target(branch));
+        match insns.get(branch).callee() {
+            Some(f) => {
+                debug_assert_eq!(Dest::Entry(f), resolved());
+                Dest::Entry(f)
+            }
+            None => resolved(),
+        }
     }
 
     /// [`Graph::resolve`] for a destination already found in the instruction list.
@@ -331,12 +338,10 @@ impl<'data> Graph<'data> {
         let Some(id) = id else {
             return Dest::Nowhere;
         };
-        // Whether `id` is the entry of `func`: its first instruction, at its address.
-        let is_entry = |func: &Func<'_>| id == func.first && func.entry_at_first;
         // Most branches stay inside their own function: no search needed for those.
         if let Some(h) = home {
             let hf = self.func(h);
-            if !hf.has_nested && id >= hf.first && id < hf.end && !is_entry(hf) {
+            if !hf.has_nested && id >= hf.first && id < hf.end && !hf.entered_at(id) {
                 return Dest::Local(id);
             }
         }
@@ -347,7 +352,7 @@ impl<'data> Graph<'data> {
             return Dest::Code(id);
         };
         let func = self.func(f);
-        if func.parent.is_none() && is_entry(func) {
+        if func.parent.is_none() && func.entered_at(id) {
             return Dest::Entry(f);
         }
         if Some(self.home(f)) == home {
@@ -676,7 +681,7 @@ fn note_callees(funcs: &[Func<'_>], insn_func: &[FuncId], insns: &mut Insns) {
                         continue;
                     };
                     let func = &funcs[f as usize];
-                    if func.parent.is_none() && func.first == target && func.entry_at_first {
+                    if func.parent.is_none() && func.entered_at(target) {
                         chunk[(branch - lo) as usize].set_callee(f);
                     }
                 }
