@@ -397,6 +397,8 @@ pub struct Insns {
     pub jumps: Vec<(InsnId, InsnId)>,
     /// Every return instruction.
     pub returns: Vec<InsnId>,
+    /// Every indirect jump.
+    pub indirect_jumps: Vec<InsnId>,
 }
 
 /// Finds instructions by address without searching the whole list: for every block of
@@ -491,6 +493,7 @@ impl Insns {
             calls: sides.calls,
             jumps: sides.jumps,
             returns: sides.returns,
+            indirect_jumps: sides.indirect_jumps,
         };
         insns.resolve_later(later);
         insns
@@ -825,6 +828,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
         calls: sides.calls,
         jumps: sides.jumps,
         returns: sides.returns,
+        indirect_jumps: sides.indirect_jumps,
     };
     insns.resolve_later(sides.later);
     crate::lap("decode: resolve");
@@ -892,12 +896,14 @@ fn decode_batch(
 }
 
 /// The instructions of interest to whole-image scans, kept aside so those scans need not read
-/// every instruction: direct calls and jumps as (branch, target) pairs, and returns.
+/// every instruction: direct calls and jumps as (branch, target) pairs, returns and indirect
+/// jumps.
 #[derive(Clone, Default)]
 struct Sides {
     calls: Vec<(InsnId, InsnId)>,
     jumps: Vec<(InsnId, InsnId)>,
     returns: Vec<InsnId>,
+    indirect_jumps: Vec<InsnId>,
     /// The calls' and the jumps' targets still to resolve ([`RESOLVE_LATER`]): the address
     /// and the position in `calls` or `jumps`, noted while the branch is in cache.
     later: [Vec<(u64, u32)>; 2],
@@ -923,6 +929,7 @@ impl Sides {
             calls: crate::concat_par(parts, |p| &p.calls, |_, e| e),
             jumps: crate::concat_par(parts, |p| &p.jumps, |_, e| e),
             returns: crate::concat_par(parts, |p| &p.returns, |_, e| e),
+            indirect_jumps: crate::concat_par(parts, |p| &p.indirect_jumps, |_, e| e),
             later: [
                 crate::concat_par(parts, |p| &p.later[0], |i, (t, k)| (t, k + call_at[i])),
                 crate::concat_par(parts, |p| &p.later[1], |i, (t, k)| (t, k + jump_at[i])),
@@ -934,6 +941,7 @@ impl Sides {
         self.calls.clear();
         self.jumps.clear();
         self.returns.clear();
+        self.indirect_jumps.clear();
         self.later.iter_mut().for_each(Vec::clear);
     }
 
@@ -941,7 +949,7 @@ impl Sides {
     fn wanted(i: &Insn) -> bool {
         matches!(
             i.kind,
-            Kind::Call | Kind::Jump | Kind::JumpCond | Kind::Return
+            Kind::Call | Kind::Jump | Kind::JumpCond | Kind::Return | Kind::JumpIndirect
         )
     }
 
@@ -961,6 +969,10 @@ impl Sides {
                 Kind::Jump | Kind::JumpCond => (&mut self.jumps, &mut self.later[1]),
                 Kind::Return => {
                     self.returns.push(id);
+                    continue;
+                }
+                Kind::JumpIndirect => {
+                    self.indirect_jumps.push(id);
                     continue;
                 }
                 _ => continue,

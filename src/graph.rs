@@ -180,11 +180,43 @@ pub enum Dest {
     Nowhere,
 }
 
-/// The direct edges in both orders: `by_source[edge_start[f]..edge_start[f+1]]` are f's.
-struct OrderedEdges {
+/// The direct edges between functions, in both orders (`by_source[edge_start[f]..
+/// edge_start[f+1]]` are f's), for `stackval graph`. The checks never need them, so a check
+/// does not find them: [`Edges::new`] scans every function's branches once more.
+pub struct Edges {
     by_source: Vec<Edge>,
     edge_start: Vec<u32>,
     by_target: Vec<Edge>,
+}
+
+impl Edges {
+    pub fn new(graph: &Graph<'_>, insns: &Insns, tables: &Tables) -> Edges {
+        let edges: Vec<Edge> = (0..graph.funcs.len() as FuncId)
+            .into_par_iter()
+            .flat_map_iter(|f| function_edges(graph, insns, tables, f))
+            .collect();
+        let (by_source, edge_start, by_target) = order_edges(&edges, graph.funcs.len());
+        Edges {
+            by_source,
+            edge_start,
+            by_target,
+        }
+    }
+
+    /// The direct edges from function `f` (from its `.cold` parts too), without repeats of
+    /// (target, kind), sorted by target, kind and instruction.
+    pub fn from(&self, f: FuncId) -> &[Edge] {
+        let (a, b) = (self.edge_start[f as usize], self.edge_start[f as usize + 1]);
+        &self.by_source[a as usize..b as usize]
+    }
+
+    /// The direct edges to function `f`, sorted by source.
+    pub fn to(&self, f: FuncId) -> &[Edge] {
+        let callers = &self.by_target;
+        let a = callers.partition_point(|e| e.to < f);
+        let b = callers.partition_point(|e| e.to <= f);
+        &callers[a..b]
+    }
 }
 
 pub struct Graph<'data> {
@@ -194,11 +226,6 @@ pub struct Graph<'data> {
     /// Cold parts of each function: `cold[cold_start[f]..cold_start[f+1]]`.
     cold: Vec<FuncId>,
     cold_start: Vec<u32>,
-    /// Direct edges as each function's scan found them, ordered on first use
-    /// ([`Graph::edges_from`], [`Graph::edges_to`]): the checks themselves never need them, so
-    /// a check does not pay for ordering them.
-    scanned: Vec<Vec<Edge>>,
-    ordered: std::sync::OnceLock<OrderedEdges>,
     /// Resolved switch tables, keyed by the indirect jump.
     pub tables: HashMap<InsnId, Box<[InsnId]>>,
     /// Bit per instruction: some branch, call or switch table can land on it.
@@ -283,34 +310,6 @@ impl<'data> Graph<'data> {
         self.code_calls
             .binary_search(&t)
             .is_ok_and(|k| self.code_noreturn.get(k).copied().unwrap_or(false))
-    }
-
-    /// The direct edges from function `f` (from its `.cold` parts too), without repeats of
-    /// (target, kind), sorted by target, kind and instruction.
-    pub fn edges_from(&self, f: FuncId) -> &[Edge] {
-        let o = self.ordered();
-        let (a, b) = (o.edge_start[f as usize], o.edge_start[f as usize + 1]);
-        &o.by_source[a as usize..b as usize]
-    }
-
-    /// The direct edges to function `f`, sorted by source.
-    pub fn edges_to(&self, f: FuncId) -> &[Edge] {
-        let callers = &self.ordered().by_target;
-        let a = callers.partition_point(|e| e.to < f);
-        let b = callers.partition_point(|e| e.to <= f);
-        &callers[a..b]
-    }
-
-    fn ordered(&self) -> &OrderedEdges {
-        self.ordered.get_or_init(|| {
-            let edges: Vec<Edge> = self.scanned.iter().flatten().copied().collect();
-            let (by_source, edge_start, by_target) = order_edges(&edges, self.funcs.len());
-            OrderedEdges {
-                by_source,
-                edge_start,
-                by_target,
-            }
-        })
     }
 
     /// Classifies a direct branch to `target` taken from code of function `home` (already
@@ -425,8 +424,6 @@ fn from_funcs<'data>(
         insn_func,
         cold,
         cold_start,
-        scanned: Vec::new(),
-        ordered: std::sync::OnceLock::new(),
         tables: HashMap::default(),
         targets: Vec::new(),
         noreturn: Vec::new(),
@@ -472,16 +469,21 @@ fn from_funcs<'data>(
     }
 
     crate::lap("graph: labels");
-    // Edges and switch tables, one function at a time in parallel, merged in order.
-    let table_relocs = image.map(TableRelocs::new);
-    let per_func: Vec<FuncScan> = (0..graph.funcs.len() as FuncId)
-        .into_par_iter()
-        .map(|f| scan_function(&graph, image.zip(table_relocs.as_ref()), insns, tables, f))
-        .collect();
-    graph.scanned.reserve(per_func.len());
-    for (e, t) in per_func {
-        graph.scanned.push(e);
-        graph.tables.extend(t);
+    // Switch tables, one function at a time in parallel, merged in order. Only indirect jumps
+    // and jumps to retpoline thunks (`jmp __x86_indirect_thunk_<reg>` is `jmp *%reg` under
+    // retpolines) can dispatch through one.
+    if let Some(image) = image {
+        let relocs = TableRelocs::new(image);
+        let mut dispatch = insns.indirect_jumps.clone();
+        dispatch.extend(insns.jumps.iter().map(|&(j, _)| j).filter(|&j| {
+            tables.flags(j) & kernel::RETPOLINE_SITE != 0 && insns.get(j).kind == Kind::Jump
+        }));
+        dispatch.sort_unstable();
+        let per_func: Vec<Vec<(InsnId, Box<[InsnId]>)>> = (0..graph.funcs.len() as FuncId)
+            .into_par_iter()
+            .map(|f| switch_tables(&graph, image, &relocs, insns, &dispatch, f))
+            .collect();
+        graph.tables.extend(per_func.into_iter().flatten());
     }
     crate::lap("graph: scan");
     graph.targets = branch_targets(insns, &graph.tables, tables);
@@ -764,9 +766,12 @@ fn link_cold_parts(funcs: &mut [Func<'_>], insn_func: &[FuncId], insns: &Insns) 
     }
 }
 
-/// Relocation targets of the data sections switch tables may live in, when the image has them.
+/// Relocation targets of the data sections switch tables may live in, when the image has them,
+/// each gathered and sorted when a table is first looked for there: a kernel built with
+/// retpolines has a handful of tables, and `.data` alone has hundreds of thousands of
+/// relocations.
 struct TableRelocs {
-    by_section: HashMap<usize, Vec<(u64, u64)>>,
+    by_section: HashMap<usize, std::sync::OnceLock<Vec<(u64, u64)>>>,
 }
 
 impl TableRelocs {
@@ -775,47 +780,68 @@ impl TableRelocs {
         if image.has_relocations() {
             for name in [".rodata", ".init.rodata", ".init.data", ".data"] {
                 if let Some(sec) = image.section_by_name(name) {
-                    let r = image.reloc_targets(sec);
-                    if !r.is_empty() {
-                        by_section.insert(sec.index, r);
-                    }
+                    by_section.insert(sec.index, std::sync::OnceLock::new());
                 }
             }
         }
         TableRelocs { by_section }
     }
+
+    /// The relocation targets of `sec`, if it is one of the sections and has any.
+    fn of(&self, image: &Image<'_>, sec: &crate::image::Section<'_>) -> Option<&[(u64, u64)]> {
+        let r = self
+            .by_section
+            .get(&sec.index)?
+            .get_or_init(|| image.reloc_targets(sec));
+        (!r.is_empty()).then_some(r.as_slice())
+    }
 }
 
-/// A function's edges and the switch tables of its indirect jumps.
-type FuncScan = (Vec<Edge>, Vec<(InsnId, Box<[InsnId]>)>);
-
-fn scan_function(
+/// The switch tables of a function's jumps among `dispatch` (sorted): indirect jumps and
+/// jumps to retpoline thunks.
+fn switch_tables(
     graph: &Graph<'_>,
-    data: Option<(&Image<'_>, &TableRelocs)>,
+    image: &Image<'_>,
+    relocs: &TableRelocs,
+    insns: &Insns,
+    dispatch: &[InsnId],
+    f: FuncId,
+) -> Vec<(InsnId, Box<[InsnId]>)> {
+    let func = graph.func(f);
+    let mut tables = Vec::new();
+    let from = dispatch.partition_point(|&j| j < func.first);
+    for &id in dispatch[from..].iter().take_while(|&&j| j < func.end) {
+        let insn = insns.get(id);
+        let reg = if insn.kind == Kind::JumpIndirect {
+            insn.op().reg
+        } else {
+            match thunk_register(image, insn.target()) {
+                Some(r) => r,
+                None => continue,
+            }
+        };
+        if let Some(t) = switch_table(graph, image, insns, relocs, f, id, reg) {
+            tables.push((id, t));
+        }
+    }
+    tables
+}
+
+/// A function's direct edges (a jump through a retpoline thunk is none: it is an indirect
+/// jump).
+fn function_edges(
+    graph: &Graph<'_>,
     insns: &Insns,
     kernel_tables: &Tables,
     f: FuncId,
-) -> FuncScan {
+) -> Vec<Edge> {
     let func = graph.func(f);
     let home = graph.home(f);
     let mut edges = Vec::new();
-    let mut tables = Vec::new();
     for id in func.first..func.end {
         let insn = insns.get(id);
         match insn.kind {
-            // `jmp __x86_indirect_thunk_<reg>` is `jmp *%reg` under retpolines; it may be a
-            // switch (or computed-goto) table dispatch like any indirect jump.
-            Kind::Jump if kernel_tables.flags(id) & kernel::RETPOLINE_SITE != 0 => {
-                let Some((image, relocs)) = data else {
-                    continue;
-                };
-                let Some(r) = thunk_register(image, insn.target()) else {
-                    continue;
-                };
-                if let Some(t) = switch_table(graph, image, insns, relocs, f, id, r) {
-                    tables.push((id, t));
-                }
-            }
+            Kind::Jump if kernel_tables.flags(id) & kernel::RETPOLINE_SITE != 0 => {}
             Kind::Call | Kind::Jump | Kind::JumpCond => {
                 let (to, kind) = match graph.resolve_branch(insns, Some(home), id) {
                     Dest::Entry(g) if insn.kind == Kind::Call => (g, EdgeKind::Call),
@@ -837,18 +863,10 @@ fn scan_function(
                     insn: id,
                 });
             }
-            Kind::JumpIndirect => {
-                let Some((image, relocs)) = data else {
-                    continue;
-                };
-                if let Some(t) = switch_table(graph, image, insns, relocs, f, id, insn.op().reg) {
-                    tables.push((id, t));
-                }
-            }
             _ => {}
         }
     }
-    (edges, tables)
+    edges
 }
 
 /// Finds the switch table an indirect jump dispatches through, if it is one.
@@ -882,7 +900,7 @@ fn switch_table(
     if sec.exec || sec.data.is_empty() {
         return None;
     }
-    let rel = relocs.by_section.get(&sec.index);
+    let rel = relocs.of(image, sec);
     let home = graph.home(f);
     let mut out = Vec::new();
     let mut at = table;
@@ -1576,10 +1594,12 @@ mod tests {
             Dest::Nowhere,
             "outside the image"
         );
-        let kinds: Vec<_> = g.edges_from(fa).iter().map(|e| (e.to, e.kind)).collect();
+        let edges = Edges::new(&g, &insns, &Tables::default());
+        let kinds: Vec<_> = edges.from(fa).iter().map(|e| (e.to, e.kind)).collect();
         assert_eq!(kinds, vec![(fb, EdgeKind::CrossJump)]);
         assert_eq!(
-            g.edges_to(fa)
+            edges
+                .to(fa)
                 .iter()
                 .map(|e| (e.from, e.kind))
                 .collect::<Vec<_>>(),

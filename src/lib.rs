@@ -539,8 +539,9 @@ pub fn describe_function(path: &Path, name: &str) -> Result<Option<String>, Inpu
         graph::EdgeKind::CrossJump => "cross-function jump",
         graph::EdgeKind::Cold => "jump to cold part",
     };
-    let mut callees: Vec<_> = graph
-        .edges_from(f)
+    let edges = graph::Edges::new(&graph, &insns, &tables);
+    let mut callees: Vec<_> = edges
+        .from(f)
         .iter()
         .filter(|e| e.kind != graph::EdgeKind::Cold || graph.home(e.to) != f)
         .collect();
@@ -560,7 +561,7 @@ pub fn describe_function(path: &Path, name: &str) -> Result<Option<String>, Inpu
         .cold_parts(f)
         .iter()
         .chain(std::iter::once(&f))
-        .flat_map(|&t| graph.edges_to(t))
+        .flat_map(|&t| edges.to(t))
         .filter(|e| e.from != f)
         .collect();
     callers.sort_by_key(|e| (e.kind, graph.func(e.from).name, e.insn));

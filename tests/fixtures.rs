@@ -172,6 +172,12 @@ fn batched_decode_matches_one_batch() {
         assert_eq!(whole.calls, split.calls, "{}", src.display());
         assert_eq!(whole.jumps, split.jumps, "{}", src.display());
         assert_eq!(whole.returns, split.returns, "{}", src.display());
+        assert_eq!(
+            whole.indirect_jumps,
+            split.indirect_jumps,
+            "{}",
+            src.display()
+        );
         // The side lists hold exactly the list's instructions of their kinds.
         let of = |k: &[Kind]| -> Vec<u32> {
             (0..whole.len() as u32)
@@ -182,6 +188,7 @@ fn batched_decode_matches_one_batch() {
         assert_eq!(firsts(&whole.calls), of(&[Kind::Call]));
         assert_eq!(firsts(&whole.jumps), of(&[Kind::Jump, Kind::JumpCond]));
         assert_eq!(whole.returns, of(&[Kind::Return]));
+        assert_eq!(whole.indirect_jumps, of(&[Kind::JumpIndirect]));
         // The address index finds every instruction, and nothing between instructions.
         for (n, i) in split.list.iter().enumerate() {
             assert_eq!(split.at(i.addr), Some(n as u32), "{}", src.display());
