@@ -87,6 +87,10 @@ pub struct Image<'data> {
     elf_to_sec: Vec<Option<u32>>,
     /// Symbols of allocated sections, sorted by address (then by size, largest first).
     pub symbols: Vec<Symbol<'data>>,
+    /// The symbols [`Image::symbol`] is asked for ([`looked_up`]) among them, in the same
+    /// order: a search of these few spares a pass over all symbols for each name (the kernel's
+    /// tables alone take two to four names each, and a missing name costs a whole pass).
+    looked_up: Vec<Symbol<'data>>,
     relas: Vec<RelaSection<'data>>,
     raw_symbols: &'data [Sym64<Endian>],
 }
@@ -273,11 +277,13 @@ impl<'data> Image<'data> {
         crate::lap("load: sections");
         // Read in parallel, in chunks kept in order; the error reported is the first bad symbol's.
         const CHUNK: usize = 8192;
-        let parts: Vec<Result<Vec<Symbol<'data>>, InputError>> = raw_symbols
+        type Part<'d> = (Vec<Symbol<'d>>, Vec<Symbol<'d>>);
+        let parts: Vec<Result<Part<'data>, InputError>> = raw_symbols
             .par_chunks(CHUNK)
             .enumerate()
             .map(|(c, chunk)| {
                 let mut out = Vec::with_capacity(chunk.len());
+                let mut wanted = Vec::new();
                 for (k, sym) in chunk.iter().enumerate() {
                     let i = c * CHUNK + k;
                     if i == 0 {
@@ -316,33 +322,29 @@ impl<'data> Image<'data> {
                     if name.is_empty() {
                         continue;
                     }
-                    out.push(Symbol {
+                    let symbol = Symbol {
                         name,
                         addr: sym.st_value(endian),
                         size: sym.st_size(endian),
                         kind,
                         global: sym.st_bind() != elf::STB_LOCAL,
                         section,
-                    });
+                    };
+                    if looked_up(name) {
+                        wanted.push(symbol);
+                    }
+                    out.push(symbol);
                 }
-                Ok(out)
+                Ok((out, wanted))
             })
             .collect();
         let parts = parts.into_iter().collect::<Result<Vec<_>, _>>()?;
-        let mut symbols = crate::concat_par(&parts, |p| p, |_, s| s);
+        let mut symbols = crate::concat_par(&parts, |p| &p.0, |_, s| s);
+        let mut looked_up: Vec<Symbol<'data>> = parts.iter().flat_map(|p| &p.1).copied().collect();
         drop(parts);
         crate::lap("load: symbols");
-        // Every field takes part, so the unstable (parallel) sort still has one result.
-        // `then_with`: the names (strings in the mapped file) are compared only on ties.
-        symbols.par_sort_unstable_by(|a, b| {
-            a.addr
-                .cmp(&b.addr)
-                .then(b.size.cmp(&a.size))
-                .then_with(|| a.name.cmp(b.name))
-                .then_with(|| (a.kind as u8).cmp(&(b.kind as u8)))
-                .then_with(|| a.global.cmp(&b.global))
-                .then_with(|| a.section.cmp(&b.section))
-        });
+        symbols.par_sort_unstable_by(symbol_order);
+        looked_up.sort_unstable_by(symbol_order);
 
         crate::lap("load: sort");
         Ok(Image {
@@ -352,6 +354,7 @@ impl<'data> Image<'data> {
             sections,
             elf_to_sec,
             symbols,
+            looked_up,
             relas,
             raw_symbols,
         })
@@ -376,7 +379,12 @@ impl<'data> Image<'data> {
 
     /// The first symbol named `name`.
     pub fn symbol(&self, name: &str) -> Option<&Symbol<'data>> {
-        self.symbols.iter().find(|s| s.name == name)
+        let among = if looked_up(name) {
+            &self.looked_up
+        } else {
+            &self.symbols
+        };
+        among.iter().find(|s| s.name == name)
     }
 
     /// `len` file bytes at virtual address `addr`, if they all lie in one section with file data.
@@ -460,6 +468,29 @@ impl<'data> Image<'data> {
         let rest = text.strip_prefix("Linux version ")?;
         rest.split(' ').next()
     }
+}
+
+/// The order of [`Image::symbols`]. Every field takes part, so an unstable (parallel) sort
+/// still has one result; `then_with`: the names (strings in the mapped file) are compared only
+/// on ties.
+fn symbol_order(a: &Symbol<'_>, b: &Symbol<'_>) -> std::cmp::Ordering {
+    a.addr
+        .cmp(&b.addr)
+        .then(b.size.cmp(&a.size))
+        .then_with(|| a.name.cmp(b.name))
+        .then_with(|| (a.kind as u8).cmp(&(b.kind as u8)))
+        .then_with(|| a.global.cmp(&b.global))
+        .then_with(|| a.section.cmp(&b.section))
+}
+
+/// The names stackval looks symbols up by: the linker-defined bounds of sections' contents
+/// (`__start_<section>`, `__stop_<section>`), the return thunks and the kernel's banner. Any
+/// other name is still found, by a pass over all symbols.
+fn looked_up(name: &str) -> bool {
+    name.starts_with("__start_")
+        || name.starts_with("__stop_")
+        || name == "linux_banner"
+        || crate::known::RETURN_THUNKS.contains(&name)
 }
 
 fn machine_name(m: u16) -> &'static str {

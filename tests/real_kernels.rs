@@ -117,3 +117,36 @@ fn debian_kernels_check_to_completion() {
         }
     }
 }
+
+/// `Image::symbol` answers the names it keeps aside (section bounds, return thunks, the
+/// banner) from a short list: the same symbol as a search of them all.
+#[test]
+#[ignore = "downloads Debian kernels; run by scripts/test.sh"]
+fn symbols_looked_up_by_name_match_a_full_search() {
+    for (flavour, path) in kernels() {
+        let map = stackval::map_file(&path).unwrap();
+        let image = stackval::image::Image::parse(&path, &map).unwrap();
+        let mut names: Vec<&str> = image
+            .symbols
+            .iter()
+            .map(|s| s.name)
+            .filter(|n| n.starts_with("__start_") || n.starts_with("__stop_"))
+            .collect();
+        assert!(
+            names.len() > 10,
+            "{flavour}: only {} section bounds",
+            names.len()
+        );
+        names.extend(stackval::known::RETURN_THUNKS);
+        names.extend(["linux_banner", "__start_no_such_table", "schedule"]);
+        for name in names {
+            let full = image.symbols.iter().find(|s| s.name == name);
+            let got = image.symbol(name);
+            assert_eq!(
+                got.map(|s| (s.addr, s.size, s.section)),
+                full.map(|s| (s.addr, s.size, s.section)),
+                "{flavour}: {name}"
+            );
+        }
+    }
+}
