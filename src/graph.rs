@@ -31,6 +31,23 @@ fn owner(insn_func: &[FuncId], id: InsnId) -> Option<FuncId> {
     (f != NO_FUNC).then_some(f)
 }
 
+/// A bit per instruction of `0..n`, set for those in any of `ranges`: a test that fits in
+/// cache, made before looking up an instruction's owner (a miss in a 4-byte-per-instruction
+/// array) where few instructions pass.
+fn bits_over(n: usize, ranges: impl Iterator<Item = std::ops::Range<InsnId>>) -> Vec<u64> {
+    let mut bits = vec![0u64; n.div_ceil(64)];
+    for r in ranges {
+        for id in r {
+            bits[id as usize / 64] |= 1 << (id % 64);
+        }
+    }
+    bits
+}
+
+fn bit(bits: &[u64], id: InsnId) -> bool {
+    bits[id as usize / 64] & (1 << (id % 64)) != 0
+}
+
 /// The instructions a walk has reached: a bit per instruction of one function's own range
 /// (where nearly all of them are), a set for the rest.
 #[derive(Default)]
@@ -664,6 +681,14 @@ pub fn cold_parent_name(name: &str) -> Option<&str> {
 /// the validation walks a lookup of the target's owner at each call.
 fn note_callees(funcs: &[Func<'_>], insn_func: &[FuncId], insns: &mut Insns) {
     const CHUNK: usize = 1 << 16;
+    // The entries a branch may be noted with: most jumps land elsewhere.
+    let entries = bits_over(
+        insns.len(),
+        funcs
+            .iter()
+            .filter(|f| f.parent.is_none() && f.entry_at_first)
+            .map(|f| f.first..f.first + 1),
+    );
     let Insns {
         list, calls, jumps, ..
     } = insns;
@@ -676,7 +701,7 @@ fn note_callees(funcs: &[Func<'_>], insn_func: &[FuncId], insns: &mut Insns) {
                 let from = side.partition_point(|e| e.0 < lo);
                 let to = side.partition_point(|e| e.0 < hi);
                 for &(branch, target) in &side[from..to] {
-                    let Some(f) = (target != crate::decode::NO_INSN)
+                    let Some(f) = (target != crate::decode::NO_INSN && bit(&entries, target))
                         .then(|| owner(insn_func, target))
                         .flatten()
                     else {
@@ -705,11 +730,20 @@ fn link_cold_parts(funcs: &mut [Func<'_>], insn_func: &[FuncId], insns: &Insns) 
         return;
     }
     let func_of = |id: InsnId| owner(insn_func, id).map(|f| f as usize);
+    // Instructions of cold parts: a jump to any other is none of their business.
+    let in_cold = bits_over(
+        insns.len(),
+        funcs
+            .iter()
+            .zip(&is_cold)
+            .filter(|(_, &c)| c)
+            .map(|(f, _)| f.first..f.end),
+    );
     // (cold part, jumping function), with usize::MAX for a jump from code no symbol covers.
     let mut jumps: Vec<(usize, usize)> = insns
         .jumps
         .par_iter()
-        .filter(|&&(_, to)| to != crate::decode::NO_INSN)
+        .filter(|&&(_, to)| to != crate::decode::NO_INSN && bit(&in_cold, to))
         .filter_map(|&(n, to)| {
             let c = func_of(to)?;
             let from = func_of(n).unwrap_or(usize::MAX);
@@ -1560,6 +1594,11 @@ mod tests {
         assert_eq!(cold_parent_name("foo.part.0.cold.12"), Some("foo.part.0"));
         assert_eq!(cold_parent_name("foo.coldish"), None);
         assert_eq!(cold_parent_name("foo"), None);
+        assert_eq!(cold_parent_name(".cold"), Some(""));
+        assert_eq!(cold_parent_name("a.cold.cold"), Some("a.cold"));
+        assert_eq!(cold_parent_name("a.cold.1.cold"), Some("a.cold.1"));
+        assert_eq!(cold_parent_name(".col"), None);
+        assert_eq!(cold_parent_name(""), None);
     }
 
     #[test]
