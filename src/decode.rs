@@ -542,10 +542,21 @@ impl Insns {
         // Looked up in address order: the searches walk the list forwards, and the many calls
         // to one function find it in cache.
         sort_by_address(&mut want);
-        let ids: Vec<InsnId> = want
-            .par_iter()
-            .map(|&(t, _)| self.at(t).unwrap_or(NO_INSN))
-            .collect();
+        // Many branches share a target (a kernel has a tenth as many distinct targets): sorted,
+        // they come together, and each stretch looks a target up once.
+        let mut ids: Vec<InsnId> = vec![NO_INSN; want.len()];
+        ids.par_chunks_mut(4096)
+            .zip(want.par_chunks(4096))
+            .for_each(|(ids, want)| {
+                let mut last = None;
+                for (id, &(t, _)) in ids.iter_mut().zip(want) {
+                    *id = match last {
+                        Some((lt, lid)) if lt == t => lid,
+                        _ => self.at(t).unwrap_or(NO_INSN),
+                    };
+                    last = Some((t, *id));
+                }
+            });
         for (&(_, k), &to) in want.iter().zip(&ids) {
             side[k as usize].1 = to;
         }
