@@ -360,6 +360,44 @@ struct Walk<'c, 'a, 'data> {
 /// `Walk::orc_confirmed` when no entry is known to confirm the state.
 const NOT_CONFIRMED: (u64, u64) = (0, 0);
 
+/// Where the states at branch targets are kept (indexes into `Buffers::saved`): a slot per
+/// instruction of the function's own range, where nearly all targets are, and a map for the
+/// rest.
+#[derive(Default)]
+struct States {
+    own: std::ops::Range<InsnId>,
+    slots: Vec<u32>,
+    other: HashMap<InsnId, u32>,
+}
+
+impl States {
+    const NONE: u32 = u32::MAX;
+
+    fn reset(&mut self, own: std::ops::Range<InsnId>) {
+        self.slots.clear();
+        self.slots.resize(own.len(), Self::NONE);
+        self.own = own;
+        self.other.clear();
+    }
+
+    fn get(&self, id: InsnId) -> Option<u32> {
+        if self.own.contains(&id) {
+            let k = self.slots[(id - self.own.start) as usize];
+            (k != Self::NONE).then_some(k)
+        } else {
+            self.other.get(&id).copied()
+        }
+    }
+
+    fn insert(&mut self, id: InsnId, k: u32) {
+        if self.own.contains(&id) {
+            self.slots[(id - self.own.start) as usize] = k;
+        } else {
+            self.other.insert(id, k);
+        }
+    }
+}
+
 /// The walk stopped at a finding.
 struct Stop(Finding);
 
@@ -372,7 +410,7 @@ struct Buffers {
     seen: Visited,
     /// States at branch targets, where paths can meet: indexes into `saved`, so that growing
     /// the map moves small entries, not whole states.
-    states: HashMap<InsnId, u32>,
+    states: States,
     saved: Vec<Cfi>,
     /// Paths still to walk, last first. Pushing in the right order reproduces objtool's
     /// depth-first order (table paths before the original instruction, a conditional
@@ -385,8 +423,8 @@ struct Buffers {
 impl Buffers {
     /// Emptied for a walk whose own range is `own`.
     fn reset(&mut self, own: std::ops::Range<InsnId>) {
+        self.states.reset(own.clone());
         self.seen.reset(own);
-        self.states.clear();
         self.saved.clear();
         self.work.clear();
         self.extra.clear();
@@ -577,7 +615,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             if mode == Mode::Enter {
                 let first_visit = self.visit(id);
                 if ctx.graph.is_target(id) {
-                    if let Some(prev) = self.b.states.get(&id).map(|&k| &self.b.saved[k as usize]) {
+                    if let Some(prev) = self.b.states.get(id).map(|k| &self.b.saved[k as usize]) {
                         if let Some(detail) = prev.mismatch(&state) {
                             return Err(Stop(if fp && prev.frame_pointer_mismatch(&state) {
                                 Finding::new(FindingKind::FramePointerMismatch, insn.addr)
