@@ -510,8 +510,30 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
     }
 
     /// [`Walk::verify_orc`] when the state is not known to be confirmed at `addr`.
-    #[inline(never)]
     fn verify_orc_entry(&mut self, orc: &Orc, addr: u64, state: &Cfi) {
+        // The common case first: an address of the function's own range (whose section is
+        // known once its first address was verified), confirmed by its entry.
+        let own = self.ctx.graph.func(self.f);
+        if let Some(section) = self.own_section.filter(|_| own.contains(addr)) {
+            let covering = orc.lookup_near(addr, &mut self.orc_cursor);
+            if orc::confirms(covering, addr, section, state) {
+                debug_assert_eq!(
+                    orc::verify_entry(covering, addr, section, state),
+                    Verdict::Confirmed
+                );
+                let (ip, _) = covering.expect("a confirmed entry");
+                let next = orc.ips.get(self.orc_cursor).copied().unwrap_or(u64::MAX);
+                self.orc_confirmed = (ip.max(own.addr), next.min(own.end_addr()));
+                self.orc.count(&Verdict::Confirmed);
+                return;
+            }
+        }
+        self.verify_orc_verdict(orc, addr, state);
+    }
+
+    /// [`Walk::verify_orc_entry`] with the verdict in full.
+    #[inline(never)]
+    fn verify_orc_verdict(&mut self, orc: &Orc, addr: u64, state: &Cfi) {
         let section_of = |addr: u64| {
             let secs = self.ctx.sections;
             let i = secs.partition_point(|s| s.0 <= addr);

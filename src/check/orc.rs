@@ -217,7 +217,36 @@ pub fn verify_entry(
             c.cfa
         ));
     };
-    let got = Expected {
+    if entry_says(e) == want {
+        Verdict::Confirmed
+    } else {
+        Verdict::Mismatch(format!(
+            "ORC mismatch: orc {} computed {}",
+            ShowEntry(e),
+            want
+        ))
+    }
+}
+
+/// Whether [`verify_entry`] says [`Verdict::Confirmed`], without building a verdict: the
+/// walks' common case.
+pub fn confirms(
+    covering: Option<(u64, &OrcEntry)>,
+    addr: u64,
+    section: (u64, u64),
+    c: &Cfi,
+) -> bool {
+    covering.is_some_and(|(ip, e)| {
+        ip >= section.0
+            && addr < section.1
+            && e.kind == OrcType::Call
+            && expected(c) == Some(entry_says(e))
+    })
+}
+
+/// What a call-type entry says, in the form of [`expected`].
+fn entry_says(e: &OrcEntry) -> Expected {
+    Expected {
         sp_reg: e.sp_reg,
         sp_offset: if e.sp_reg == orc_reg::UNDEFINED {
             0
@@ -230,15 +259,6 @@ pub fn verify_entry(
         } else {
             e.bp_offset as i32
         },
-    };
-    if got == want {
-        Verdict::Confirmed
-    } else {
-        Verdict::Mismatch(format!(
-            "ORC mismatch: orc {} computed {}",
-            ShowEntry(e),
-            want
-        ))
     }
 }
 
@@ -319,5 +339,27 @@ mod tests {
         assert_eq!(verify(&orc, 0x1010, sec, &init), Verdict::Undefined);
         assert_eq!(verify(&orc, 0x0fff, (0, 0x2000), &init), Verdict::Uncovered);
         assert_eq!(verify(&orc, 0x2000, sec, &init), Verdict::Uncovered);
+        // The shortcut says confirmed exactly where the full verdict does.
+        let mut pushed = Cfi::initial();
+        pushed
+            .apply(&StackOp {
+                kind: OpKind::Push,
+                reg: reg::NONE,
+                base: reg::NONE,
+                imm: 0,
+            })
+            .unwrap();
+        for state in [&init, &pushed] {
+            for addr in [0x0fff, 0x1000, 0x1005, 0x1010, 0x1fff, 0x2000] {
+                for sec in [sec, (0x1001, 0x2000), (0, 0x1010)] {
+                    let covering = orc.lookup(addr);
+                    assert_eq!(
+                        confirms(covering, addr, sec, state),
+                        verify_entry(covering, addr, sec, state) == Verdict::Confirmed,
+                        "{addr:#x} in {sec:x?}"
+                    );
+                }
+            }
+        }
     }
 }
