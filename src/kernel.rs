@@ -101,12 +101,14 @@ impl Orc {
     /// (undefined or end of stack): the one in force at `lo` and every one inside.
     pub fn undefined_over(&self, lo: u64, hi: u64) -> bool {
         let undefined = |e: &OrcEntry| matches!(e.kind, OrcType::Undefined | OrcType::EndOfStack);
-        let Some((_, first)) = self.lookup(lo) else {
-            return false;
-        };
+        // One search: the entry in force at `lo` is the one before the first after it, and
+        // for nearly every function it is defined.
         let a = self.ips.partition_point(|&ip| ip <= lo);
-        let b = self.ips.partition_point(|&ip| ip < hi);
-        undefined(first) && self.entries[a..b].iter().all(undefined)
+        if a == 0 || !undefined(&self.entries[a - 1]) {
+            return false;
+        }
+        let b = a + self.ips[a..].partition_point(|&ip| ip < hi);
+        self.entries[a..b].iter().all(undefined)
     }
 
     /// The entry starting exactly at `addr`.
@@ -540,6 +542,37 @@ mod tests {
         assert_eq!(entries, [e(1), e(4), e(2), e(3)]);
         let (ips, entries) = sorted_by_address(vec![1, 2], vec![e(1), e(2)]);
         assert_eq!((ips, entries), (vec![1, 2], vec![e(1), e(2)]));
+    }
+
+    #[test]
+    fn undefined_over_needs_every_entry_in_range_undefined() {
+        let e = |kind: OrcType| OrcEntry {
+            sp_offset: 0,
+            bp_offset: 0,
+            sp_reg: 0,
+            bp_reg: 0,
+            kind,
+            signal: false,
+        };
+        let (u, c) = (OrcType::Undefined, OrcType::Call);
+        let orc = Orc {
+            ips: vec![0x10, 0x20, 0x30, 0x40, 0x50],
+            entries: vec![e(u), e(OrcType::EndOfStack), e(c), e(u), e(u)],
+            layout: "v3",
+        };
+        assert!(
+            !orc.undefined_over(0x08, 0x12),
+            "no entry in force at the start"
+        );
+        assert!(orc.undefined_over(0x10, 0x30));
+        assert!(orc.undefined_over(0x18, 0x21));
+        assert!(!orc.undefined_over(0x18, 0x31), "a call entry inside");
+        assert!(!orc.undefined_over(0x30, 0x38), "a call entry in force");
+        assert!(
+            !orc.undefined_over(0x38, 0x48),
+            "a call entry in force at the start"
+        );
+        assert!(orc.undefined_over(0x40, 0x1000));
     }
 
     fn check_nearby(ips: Vec<u64>, addrs: Vec<u64>) {
