@@ -304,7 +304,7 @@ impl<'data> Graph<'data> {
     /// Whether `id` is the destination of some direct branch, call or switch-table entry:
     /// the only places where two paths can meet.
     pub fn is_target(&self, id: InsnId) -> bool {
-        self.targets[id as usize / 64] & (1 << (id % 64)) != 0
+        bit(&self.targets, id)
     }
 
     /// Whether `addr` is code of function `home` (own range or a `.cold` part), or, for
@@ -802,8 +802,8 @@ fn link_cold_parts(funcs: &mut [Func<'_>], insn_func: &[FuncId], insns: &Insns) 
 
 /// Relocation targets of the data sections switch tables may live in, when the image has them,
 /// each gathered and sorted when a table is first looked for there: a kernel built with
-/// retpolines has a handful of tables, and `.data` alone has hundreds of thousands of
-/// relocations.
+/// retpolines has a handful of tables, and these sections some 150 thousand relocations
+/// (Debian's 6.1).
 struct TableRelocs {
     by_section: HashMap<usize, std::sync::OnceLock<Vec<(u64, u64)>>>,
 }

@@ -408,8 +408,8 @@ struct Buffers {
     /// Reached instructions: the function's own range, and elsewhere (cold parts, other
     /// functions, code outside functions).
     seen: Visited,
-    /// States at branch targets, where paths can meet: indexes into `saved`, so that growing
-    /// the map moves small entries, not whole states.
+    /// States at branch targets, where paths can meet: indexes into `saved`, so that keeping
+    /// them moves small entries, not whole states.
     states: States,
     saved: Vec<Cfi>,
     /// Paths still to walk, last first. Pushing in the right order reproduces objtool's
@@ -522,13 +522,20 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     Verdict::Confirmed
                 );
                 let (ip, _) = covering.expect("a confirmed entry");
-                let next = orc.ips.get(self.orc_cursor).copied().unwrap_or(u64::MAX);
-                self.orc_confirmed = (ip.max(own.addr), next.min(own.end_addr()));
+                self.confirmed_from(orc, ip);
                 self.orc.count(&Verdict::Confirmed);
                 return;
             }
         }
         self.verify_orc_verdict(orc, addr, state);
+    }
+
+    /// Notes that the entry at `ip`, just looked up, confirmed the state in the function's own
+    /// range: it is in force up to the next entry.
+    fn confirmed_from(&mut self, orc: &Orc, ip: u64) {
+        let own = self.ctx.graph.func(self.f);
+        let next = orc.ips.get(self.orc_cursor).copied().unwrap_or(u64::MAX);
+        self.orc_confirmed = (ip.max(own.addr), next.min(own.end_addr()));
     }
 
     /// [`Walk::verify_orc_entry`] with the verdict in full.
@@ -556,8 +563,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             // The entry is in force up to the next one; `verify_entry` confirmed it only
             // when it lies in the function's section.
             let (ip, _) = covering.expect("a confirmed entry");
-            let next = orc.ips.get(self.orc_cursor).copied().unwrap_or(u64::MAX);
-            self.orc_confirmed = (ip.max(own.addr), next.min(own.end_addr()));
+            self.confirmed_from(orc, ip);
         } else {
             self.orc_confirmed = NOT_CONFIRMED;
         }
