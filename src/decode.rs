@@ -738,7 +738,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
         }
     };
     rayon::broadcast(|_| {
-        let mut starts = Starts::default();
+        let mut starts = Starts::new(big);
         let mut sides = Sides::default();
         // Batches this worker took from the queue to place: (batch, start, previous last).
         let mut ready: Vec<(Decoded, usize, Option<u64>)> = Vec::new();
@@ -767,9 +767,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
                 let here = unsafe { slots.slice_mut(start, n) };
                 resolve_local(here, &marks, &starts);
                 let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-                q.next = b + 1;
-                q.start = start + n;
-                q.last = here.last().map(|l| l.addr).or(prev_last);
+                q.advance(here);
                 q.take_ready(&mut ready);
                 drop(q);
                 // The side lists record targets still batch-local: before `rebase`.
@@ -874,11 +872,16 @@ impl Queue {
         while let Some(i) = self.parked.iter().position(|d| d.batch == self.next) {
             let d = self.parked.swap_remove(i);
             let (start, prev_last) = (self.start, self.last);
-            self.start += d.insns.len();
-            self.last = d.insns.last().map(|l| l.addr).or(self.last);
-            self.next += 1;
+            self.advance(&d.insns);
             ready.push((d, start, prev_last));
         }
+    }
+
+    /// Gives the next batch, `placed`, its place: the one after it comes next.
+    fn advance(&mut self, placed: &[Insn]) {
+        self.start += placed.len();
+        self.last = placed.last().map(|l| l.addr).or(self.last);
+        self.next += 1;
     }
 }
 
@@ -1129,21 +1132,28 @@ fn sort_by_address(v: &mut Vec<(u64, u32)>) {
 /// inside the batch finds its target with one read. Slots between instruction starts keep
 /// whatever earlier batches left (clearing would cost more than the lookups): a hit counts
 /// only when the instruction found starts at the address looked up.
-#[derive(Default)]
 struct Starts {
     lo: u64,
     slots: Vec<u32>,
+    /// The widest batch the slots cover (four bytes of slot per byte of code): the size above
+    /// which a batch is one of the few huge pieces decoded straight into the list, mostly
+    /// without branches, where a search costs less than filling megabytes of slots.
+    max_span: usize,
     /// Whether this batch uses the slots: not when its pieces span far more addresses than
-    /// they have bytes (sections far apart) or more than [`Starts::MAX_SPAN`], where a search
-    /// is used instead.
+    /// they have bytes (sections far apart) or more than `max_span`, where a search is used
+    /// instead.
     on: bool,
 }
 
 impl Starts {
-    /// The widest batch the slots cover (four bytes of slot per byte of code): wider ones are
-    /// the few huge pieces decoded straight into the list, mostly without branches, where a
-    /// search costs less than filling megabytes of slots.
-    const MAX_SPAN: usize = 4 * BATCH;
+    fn new(max_span: usize) -> Starts {
+        Starts {
+            lo: 0,
+            slots: Vec::new(),
+            max_span,
+            on: false,
+        }
+    }
 
     fn reset(&mut self, batch: &[(u64, &[u8])]) {
         let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
@@ -1152,7 +1162,7 @@ impl Starts {
         };
         let span = (last.0 + last.1.len() as u64).saturating_sub(first.0) as usize;
         let bytes: usize = batch.iter().map(|p| p.1.len()).sum();
-        self.on = span <= bytes.saturating_mul(2) && span <= Starts::MAX_SPAN;
+        self.on = span <= bytes.saturating_mul(2) && span <= self.max_span;
         if self.on && self.slots.len() < span {
             self.slots.resize(span, u32::MAX);
         }
