@@ -38,14 +38,24 @@ fn bits_over(n: usize, ranges: impl Iterator<Item = std::ops::Range<InsnId>>) ->
     let mut bits = vec![0u64; n.div_ceil(64)];
     for r in ranges {
         for id in r {
-            bits[id as usize / 64] |= 1 << (id % 64);
+            set_bit(&mut bits, id);
         }
     }
     bits
 }
 
+fn set_bit(bits: &mut [u64], id: InsnId) {
+    bits[id as usize / 64] |= 1 << (id % 64);
+}
+
 fn bit(bits: &[u64], id: InsnId) -> bool {
     bits[id as usize / 64] & (1 << (id % 64)) != 0
+}
+
+/// Whether `id` is `jmp __x86_indirect_thunk_<reg>`: `jmp *%reg` under retpolines, an indirect
+/// jump rather than a branch to the thunk.
+fn retpoline_jump(insns: &Insns, tables: &Tables, id: InsnId) -> bool {
+    tables.flags(id) & kernel::RETPOLINE_SITE != 0 && insns.get(id).kind == Kind::Jump
 }
 
 /// The instructions a walk has reached: a bit per instruction of one function's own range
@@ -492,9 +502,13 @@ fn from_funcs<'data>(
     if let Some(image) = image {
         let relocs = TableRelocs::new(image);
         let mut dispatch = insns.indirect_jumps.clone();
-        dispatch.extend(insns.jumps.iter().map(|&(j, _)| j).filter(|&j| {
-            tables.flags(j) & kernel::RETPOLINE_SITE != 0 && insns.get(j).kind == Kind::Jump
-        }));
+        dispatch.extend(
+            insns
+                .jumps
+                .iter()
+                .map(|&(j, _)| j)
+                .filter(|&j| retpoline_jump(insns, tables, j)),
+        );
         dispatch.sort_unstable();
         let per_func: Vec<Vec<(InsnId, Box<[InsnId]>)>> = (0..graph.funcs.len() as FuncId)
             .into_par_iter()
@@ -875,7 +889,7 @@ fn function_edges(
     for id in func.first..func.end {
         let insn = insns.get(id);
         match insn.kind {
-            Kind::Jump if kernel_tables.flags(id) & kernel::RETPOLINE_SITE != 0 => {}
+            Kind::Jump if retpoline_jump(insns, kernel_tables, id) => {}
             Kind::Call | Kind::Jump | Kind::JumpCond => {
                 let (to, kind) = match graph.resolve_branch(insns, Some(home), id) {
                     Dest::Entry(g) if insn.kind == Kind::Call => (g, EdgeKind::Call),
@@ -990,7 +1004,7 @@ fn branch_targets(
         .chain(kernel)
     {
         if (id as usize) < insns.len() {
-            bits[id as usize / 64] |= 1 << (id % 64);
+            set_bit(&mut bits, id);
         }
     }
     bits

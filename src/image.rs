@@ -87,7 +87,7 @@ pub struct Image<'data> {
     elf_to_sec: Vec<Option<u32>>,
     /// Symbols of allocated sections, sorted by address (then by size, largest first).
     pub symbols: Vec<Symbol<'data>>,
-    /// The symbols [`Image::symbol`] is asked for ([`looked_up`]) among them, in the same
+    /// The symbols [`Image::symbol`] is asked for ([`is_looked_up`]) among them, in the same
     /// order: a search of these few spares a pass over all symbols for each name (the kernel's
     /// tables alone take two to four names each, and a missing name costs a whole pass).
     looked_up: Vec<Symbol<'data>>,
@@ -330,7 +330,7 @@ impl<'data> Image<'data> {
                         global: sym.st_bind() != elf::STB_LOCAL,
                         section,
                     };
-                    if looked_up(name) {
+                    if is_looked_up(name) {
                         wanted.push(symbol);
                     }
                     out.push(symbol);
@@ -379,7 +379,7 @@ impl<'data> Image<'data> {
 
     /// The first symbol named `name`.
     pub fn symbol(&self, name: &str) -> Option<&Symbol<'data>> {
-        let among = if looked_up(name) {
+        let among = if is_looked_up(name) {
             &self.looked_up
         } else {
             &self.symbols
@@ -486,7 +486,7 @@ fn symbol_order(a: &Symbol<'_>, b: &Symbol<'_>) -> std::cmp::Ordering {
 /// The names stackval looks symbols up by: the linker-defined bounds of sections' contents
 /// (`__start_<section>`, `__stop_<section>`), the return thunks and the kernel's banner. Any
 /// other name is still found, by a pass over all symbols.
-fn looked_up(name: &str) -> bool {
+fn is_looked_up(name: &str) -> bool {
     name.starts_with("__start_")
         || name.starts_with("__stop_")
         || name == "linux_banner"

@@ -527,16 +527,21 @@ mod tests {
         check_nearby(big, addrs);
     }
 
-    #[test]
-    fn unsorted_tables_are_sorted_keeping_pairs() {
-        let e = |sp_offset: i16| OrcEntry {
+    /// An entry of `kind`, told apart from others by its `sp_offset`.
+    fn entry(kind: OrcType, sp_offset: i16) -> OrcEntry {
+        OrcEntry {
             sp_offset,
             bp_offset: 0,
             sp_reg: 0,
             bp_reg: 0,
-            kind: OrcType::Call,
+            kind,
             signal: false,
-        };
+        }
+    }
+
+    #[test]
+    fn unsorted_tables_are_sorted_keeping_pairs() {
+        let e = |sp_offset: i16| entry(OrcType::Call, sp_offset);
         let (ips, entries) = sorted_by_address(vec![30, 10, 20, 10], vec![e(3), e(1), e(2), e(4)]);
         assert_eq!(ips, [10, 10, 20, 30]);
         assert_eq!(entries, [e(1), e(4), e(2), e(3)]);
@@ -546,14 +551,7 @@ mod tests {
 
     #[test]
     fn undefined_over_needs_every_entry_in_range_undefined() {
-        let e = |kind: OrcType| OrcEntry {
-            sp_offset: 0,
-            bp_offset: 0,
-            sp_reg: 0,
-            bp_reg: 0,
-            kind,
-            signal: false,
-        };
+        let e = |kind: OrcType| entry(kind, 0);
         let (u, c) = (OrcType::Undefined, OrcType::Call);
         let orc = Orc {
             ips: vec![0x10, 0x20, 0x30, 0x40, 0x50],
@@ -578,14 +576,7 @@ mod tests {
     fn check_nearby(ips: Vec<u64>, addrs: Vec<u64>) {
         let entries = ips
             .iter()
-            .map(|&ip| OrcEntry {
-                sp_offset: ip as i16,
-                bp_offset: 0,
-                sp_reg: 0,
-                bp_reg: 0,
-                kind: OrcType::Call,
-                signal: false,
-            })
+            .map(|&ip| entry(OrcType::Call, ip as i16))
             .collect();
         let orc = Orc {
             ips,
