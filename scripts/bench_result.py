@@ -61,6 +61,7 @@ def main():
         result = dict(insns=int(insns), bytes=int(nbytes),
                       decode=timing(out, tag, "decode"), check=timing(out, tag, "check"),
                       check_j1=timing(out, tag, "check-j1"),
+                      decode_j1=timing(out, tag, "decode-j1"),
                       progress_default=timing(out, tag, "progress-default"),
                       progress_off=timing(out, tag, "progress-off"),
                       rss_kb=dict(decode=int(rd), check=int(rc), check_j1=int(rj)))
