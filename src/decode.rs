@@ -1422,6 +1422,7 @@ fn stack_mnemonic(m: Mnemonic) -> bool {
 }
 
 /// Turns one decoded instruction into its compact form.
+#[inline(always)]
 pub fn classify(ins: &Instruction) -> Insn {
     static CLASSES: std::sync::OnceLock<Box<[Class]>> = std::sync::OnceLock::new();
     let classes = CLASSES.get_or_init(|| Code::values().map(class_of).collect());
@@ -1511,6 +1512,7 @@ fn table_operand(ins: &Instruction, op: u32) -> Option<u64> {
 }
 
 /// The stack operation of an instruction whose mnemonic is `m`.
+#[inline(never)]
 fn stack_op(ins: &Instruction, m: Mnemonic) -> StackOp {
     use OpKind as K;
     let op0_reg = if ins.op_count() > 0 && ins.op0_kind() == IcedOp::Register {

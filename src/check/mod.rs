@@ -636,6 +636,12 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         self.orc_confirmed = confirmed;
         loop {
             if mode == Mode::FallFrom {
+                if home == Some(self.f) {
+                    match self.plain_run(id, &state) {
+                        Some(last) => id = last,
+                        None => return Ok(()),
+                    }
+                }
                 let (next, next_home) = self.fall_through(id, home)?;
                 (id, home, mode) = (next, next_home, Mode::Enter);
             }
@@ -853,6 +859,42 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 }
             }
             mode = Mode::FallFrom;
+        }
+    }
+
+    /// Runs on from `id` through the instructions that follow it in the function's own range
+    /// and do nothing a walk must stop for: no branch, no stack operation, no table entry, no
+    /// branch lands on them. Entering and executing one is only its visit and the ORC check,
+    /// which is all this does, in the order the full step would (most of a function's
+    /// instructions are such). Returns the last instruction executed, for the full step to
+    /// fall through from, or `None` where the path meets code already walked.
+    #[inline]
+    fn plain_run(&mut self, mut id: InsnId, state: &Cfi) -> Option<InsnId> {
+        use crate::kernel::{ALT_EXIT, ALT_START, EX_FAULT, JUMP_LABEL};
+        let ctx = self.ctx;
+        let (insns, tables) = (ctx.insns, ctx.tables);
+        loop {
+            let next = id + 1;
+            if next >= self.own_end || tables.flags(id) & ALT_EXIT != 0 {
+                return Some(id);
+            }
+            let (insn, n) = (insns.get(id), insns.get(next));
+            let plain = matches!(n.kind, Kind::Other | Kind::Nop)
+                && n.op().kind == crate::decode::OpKind::None;
+            if !plain
+                || n.addr != insn.end()
+                || tables.flags(next) & (JUMP_LABEL | EX_FAULT | ALT_START) != 0
+                || ctx.graph.is_target(next)
+            {
+                return Some(id);
+            }
+            if !self.visit(next) {
+                return None;
+            }
+            if let Some(orc) = ctx.orc {
+                self.verify_orc(orc, n.addr, state);
+            }
+            id = next;
         }
     }
 
