@@ -766,52 +766,57 @@ fn link_cold_parts(funcs: &mut [Func<'_>], insn_func: &[FuncId], insns: &Insns) 
         .collect();
     jumps.par_sort_unstable();
     jumps.dedup();
-    // The functions named as some part's parent, by name: only those names are looked up.
+    // The functions named as some part's parent, as (name, function) sorted: only those
+    // names are looked up. All in parallel, and sorted lists rather than hash maps: a
+    // kitchen-sink image has hundreds of thousands of functions and a fifth of them cold parts.
     let wanted: rustc_hash::FxHashSet<&str> = funcs
-        .iter()
+        .par_iter()
         .zip(&is_cold)
         .filter(|(_, &c)| c)
         .filter_map(|(f, _)| cold_parent_name(f.name))
         .collect();
-    let named_funcs: Vec<(&str, FuncId)> = funcs
+    let mut by_name: Vec<(&str, FuncId)> = funcs
         .par_iter()
         .enumerate()
         .filter(|&(i, f)| !is_cold[i] && wanted.contains(f.name))
         .map(|(i, f)| (f.name, i as FuncId))
         .collect();
-    let mut by_name: HashMap<&str, Vec<FuncId>> = HashMap::default();
-    for (name, i) in named_funcs {
-        by_name.entry(name).or_default().push(i);
-    }
-    for (i, func) in funcs.iter_mut().enumerate().filter(|(i, _)| is_cold[*i]) {
-        let Some(parent_name) = cold_parent_name(func.name) else {
-            continue;
-        };
-        let lo = jumps.partition_point(|&(c, _)| c < i);
-        let hi = jumps.partition_point(|&(c, _)| c <= i);
-        let jumpers: Vec<FuncId> = jumps[lo..hi]
-            .iter()
-            .filter(|&&(_, f)| f != usize::MAX)
-            .map(|&(_, f)| f as FuncId)
-            .collect();
-        if jumpers.is_empty() && hi > lo {
-            func.skip = Some(Skip::DeadCode);
-            continue;
-        }
-        let named = by_name.get(parent_name).map(Vec::as_slice).unwrap_or(&[]);
-        let parent = jumpers
-            .iter()
-            .copied()
-            .find(|j| named.contains(j))
-            .or_else(|| jumpers.first().copied())
-            .or_else(|| (named.len() == 1).then(|| named[0]));
-        func.parent = parent;
-        func.skip = Some(if parent.is_some() {
-            Skip::ColdPart
-        } else {
-            Skip::Orphan
+    by_name.par_sort_unstable();
+    funcs
+        .par_iter_mut()
+        .enumerate()
+        .filter(|(i, _)| is_cold[*i])
+        .for_each(|(i, func)| {
+            let Some(parent_name) = cold_parent_name(func.name) else {
+                return;
+            };
+            let lo = jumps.partition_point(|&(c, _)| c < i);
+            let hi = jumps.partition_point(|&(c, _)| c <= i);
+            let mut jumpers = jumps[lo..hi]
+                .iter()
+                .filter(|&&(_, f)| f != usize::MAX)
+                .map(|&(_, f)| f as FuncId)
+                .peekable();
+            if jumpers.peek().is_none() && hi > lo {
+                func.skip = Some(Skip::DeadCode);
+                return;
+            }
+            // The functions of that name, in id order.
+            let a = by_name.partition_point(|&(n, _)| n < parent_name);
+            let b = by_name.partition_point(|&(n, _)| n <= parent_name);
+            let named = &by_name[a..b];
+            let first = jumpers.peek().copied();
+            let parent = jumpers
+                .find(|&j| named.iter().any(|&(_, g)| g == j))
+                .or(first)
+                .or_else(|| (named.len() == 1).then(|| named[0].1));
+            func.parent = parent;
+            func.skip = Some(if parent.is_some() {
+                Skip::ColdPart
+            } else {
+                Skip::Orphan
+            });
         });
-    }
 }
 
 /// Relocation targets of the data sections switch tables may live in, when the image has them,
@@ -1249,7 +1254,14 @@ fn infer_noreturn(
                 )
         })
         .collect();
-    let mut dependents: HashMap<u32, Vec<u32>> = HashMap::default();
+    // Nodes some walk found blocked, with the callees not known to return that cut its paths
+    // short in its latest walk. A node is walked again in the round after one of them turns out
+    // to return (a later walk meets every blocker an earlier one met that is still unknown:
+    // it finds no return, so it walks every path the earlier one did and more). Kept as a list
+    // and filtered in parallel each round, rather than a map from callee to waiting nodes
+    // updated on one thread: a kitchen-sink image has tens of thousands of blocked nodes.
+    let mut blocked: Vec<(u32, Vec<u32>)> = Vec::new();
+    let mut walked = vec![false; nodes];
     let mut rounds = 0;
     while !pending.is_empty() {
         rounds += 1;
@@ -1266,26 +1278,30 @@ fn infer_noreturn(
                 (node, r, blockers)
             })
             .collect();
-        let mut next = Vec::new();
-        for (node, r, blockers) in results {
-            if r {
-                if let Some(d) = dependents.remove(&node) {
-                    next.extend(d);
-                }
-            } else {
-                for b in blockers {
-                    if returns[b as usize].load(Ordering::Relaxed) {
-                        next.push(node);
-                    } else {
-                        dependents.entry(b).or_default().push(node);
-                    }
-                }
-            }
+        // The nodes walked this round replace their entries.
+        for &node in &pending {
+            walked[node as usize] = true;
         }
-        next.sort_unstable();
-        next.dedup();
-        next.retain(|&f| !returns[f as usize].load(Ordering::Relaxed));
-        pending = next;
+        blocked.retain(|(node, _)| !walked[*node as usize]);
+        for &node in &pending {
+            walked[node as usize] = false;
+        }
+        blocked.par_extend(
+            results
+                .into_par_iter()
+                .filter(|(_, r, blockers)| !r && !blockers.is_empty())
+                .map(|(node, _, blockers)| (node, blockers)),
+        );
+        pending = blocked
+            .par_iter()
+            .filter(|(node, blockers)| {
+                !returns[*node as usize].load(Ordering::Relaxed)
+                    && blockers
+                        .iter()
+                        .any(|&b| returns[b as usize].load(Ordering::Relaxed))
+            })
+            .map(|&(node, _)| node)
+            .collect();
     }
     let noreturn = returns[..n]
         .iter()
