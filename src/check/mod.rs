@@ -499,10 +499,12 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
     }
 
     /// Compares the ORC entry covering `insn` with the state there.
+    #[inline]
     fn verify_orc(&mut self, orc: &Orc, addr: u64, state: &Cfi) {
         let (lo, hi) = self.orc_confirmed;
         if lo <= addr && addr < hi {
             // Same entry, same state, same section (a function lies in one): same verdict.
+            // Most instructions end here: inlined into the walk, out of line below.
             self.orc.count(&Verdict::Confirmed);
             return;
         }
@@ -510,6 +512,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
     }
 
     /// [`Walk::verify_orc`] when the state is not known to be confirmed at `addr`.
+    #[inline(never)]
     fn verify_orc_entry(&mut self, orc: &Orc, addr: u64, state: &Cfi) {
         // The common case first: an address of the function's own range (whose section is
         // known once its first address was verified), confirmed by its entry.
