@@ -767,8 +767,9 @@ fn link_cold_parts(funcs: &mut [Func<'_>], insn_func: &[FuncId], insns: &Insns) 
     jumps.par_sort_unstable();
     jumps.dedup();
     // The functions named as some part's parent, as (name, function) sorted: only those
-    // names are looked up. All in parallel, and sorted lists rather than hash maps: a
-    // kitchen-sink image has hundreds of thousands of functions and a fifth of them cold parts.
+    // names are looked up. Each part then finds its parent on all cores, in that sorted list
+    // rather than a map of lists built on one thread: a kitchen-sink image has hundreds of
+    // thousands of functions.
     let wanted: rustc_hash::FxHashSet<&str> = funcs
         .par_iter()
         .zip(&is_cold)

@@ -868,9 +868,9 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
     /// Runs on from `id` through the instructions that follow it in the function's own range
     /// and do nothing a walk must stop for: no branch, no stack operation, no table entry, no
     /// branch lands on them. Entering and executing one is only its visit and the ORC check,
-    /// which is all this does, in the order the full step would (most of a function's
-    /// instructions are such). Returns the last instruction executed, for the full step to
-    /// fall through from, or `None` where the path meets code already walked.
+    /// which is all this does, in the order the full step would. Returns the last instruction
+    /// executed, for the full step to fall through from, or `None` where the path meets code
+    /// already walked.
     #[inline]
     fn plain_run(&mut self, mut id: InsnId, state: &Cfi) -> Option<InsnId> {
         use crate::kernel::{ALT_EXIT, ALT_START, EX_FAULT, JUMP_LABEL};
