@@ -1396,6 +1396,26 @@ fn may_return(
             if !seen.insert(id) {
                 break;
             }
+            // An instruction of the node's own range that only goes on to the next one, with
+            // no table entry: straight to the next, as the full step below would go.
+            let insn = insns.get(id);
+            if home == start_home
+                && tables.flags(id) == 0
+                && matches!(
+                    insn.kind,
+                    Kind::Other
+                        | Kind::Nop
+                        | Kind::TableLoad
+                        | Kind::Int3
+                        | Kind::Halt
+                        | Kind::Iretq
+                )
+                && id + 1 < own_end
+                && insns.get(id + 1).addr == insn.end()
+            {
+                id += 1;
+                continue;
+            }
             let mut go = |d: Dest, work: &mut Vec<(InsnId, Option<FuncId>)>| -> Option<bool> {
                 match d {
                     Dest::Local(t) => work.push((t, home)),
