@@ -79,8 +79,7 @@ impl Visited {
     /// Whether `id` was reached.
     pub fn contains(&self, id: InsnId) -> bool {
         if self.own.contains(&id) {
-            let i = (id - self.own.start) as usize;
-            self.bits[i / 64] & (1 << (i % 64)) != 0
+            bit(&self.bits, id - self.own.start)
         } else {
             self.other.contains(&id)
         }
@@ -1128,6 +1127,19 @@ pub enum Step {
     Invalid,
 }
 
+/// Whether an instruction of kind `k` only goes on to the next one, whatever the tables say of
+/// it: [`step`] is [`Step::Next`]. int3 traps and, as objtool has it, continues
+/// (int3_selftest(), kprobes); as padding after a return or jump no path reaches it. iretq
+/// inside a function is sync_core()'s iret-to-self: it continues with the next instruction, its
+/// stack effect checked by the state walk.
+#[inline]
+pub fn goes_on(k: Kind) -> bool {
+    matches!(
+        k,
+        Kind::Other | Kind::Nop | Kind::TableLoad | Kind::Int3 | Kind::Halt | Kind::Iretq
+    )
+}
+
 #[inline]
 pub fn step(
     insns: &Insns,
@@ -1136,15 +1148,8 @@ pub fn step(
     home: Option<FuncId>,
     id: InsnId,
 ) -> Step {
-    // Most instructions only go on to the next one, whatever the tables say of them: no call
-    // for those. int3 traps and, as objtool has it, continues (int3_selftest(), kprobes); as
-    // padding after a return or jump no path reaches it. iretq inside a function is
-    // sync_core()'s iret-to-self: it continues with the next instruction, its stack effect
-    // checked by the state walk.
-    if matches!(
-        insns.get(id).kind,
-        Kind::Other | Kind::Nop | Kind::TableLoad | Kind::Int3 | Kind::Halt | Kind::Iretq
-    ) {
+    // Most instructions: no call for those.
+    if goes_on(insns.get(id).kind) {
         return Step::Next;
     }
     step_flow(insns, graph, tables, home, id)
@@ -1262,7 +1267,6 @@ fn infer_noreturn(
     // and filtered in parallel each round, rather than a map from callee to waiting nodes
     // updated on one thread: a kitchen-sink image has tens of thousands of blocked nodes.
     let mut blocked: Vec<(u32, Vec<u32>)> = Vec::new();
-    let mut walked = vec![false; nodes];
     let mut rounds = 0;
     while !pending.is_empty() {
         rounds += 1;
@@ -1279,30 +1283,24 @@ fn infer_noreturn(
                 (node, r, blockers)
             })
             .collect();
-        // The nodes walked this round replace their entries.
-        for &node in &pending {
-            walked[node as usize] = true;
-        }
-        blocked.retain(|(node, _)| !walked[*node as usize]);
-        for &node in &pending {
-            walked[node as usize] = false;
-        }
         blocked.par_extend(
             results
                 .into_par_iter()
                 .filter(|(_, r, blockers)| !r && !blockers.is_empty())
                 .map(|(node, _, blockers)| (node, blockers)),
         );
-        pending = blocked
-            .par_iter()
-            .filter(|(node, blockers)| {
-                !returns[*node as usize].load(Ordering::Relaxed)
-                    && blockers
+        // The nodes a returning blocker wakes leave the list: their next walk puts them back
+        // with its own blockers, or finds that they return.
+        let woken: Vec<(u32, Vec<u32>)>;
+        (woken, blocked) =
+            std::mem::take(&mut blocked)
+                .into_par_iter()
+                .partition(|(_, blockers)| {
+                    blockers
                         .iter()
                         .any(|&b| returns[b as usize].load(Ordering::Relaxed))
-            })
-            .map(|&(node, _)| node)
-            .collect();
+                });
+        pending = woken.into_iter().map(|(node, _)| node).collect();
     }
     let noreturn = returns[..n]
         .iter()
@@ -1401,15 +1399,7 @@ fn may_return(
             let insn = insns.get(id);
             if home == start_home
                 && tables.flags(id) == 0
-                && matches!(
-                    insn.kind,
-                    Kind::Other
-                        | Kind::Nop
-                        | Kind::TableLoad
-                        | Kind::Int3
-                        | Kind::Halt
-                        | Kind::Iretq
-                )
+                && goes_on(insn.kind)
                 && id + 1 < own_end
                 && insns.get(id + 1).addr == insn.end()
             {
