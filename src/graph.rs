@@ -394,24 +394,114 @@ pub fn build<'data>(
     tables: &Tables,
     frame_pointer: bool,
 ) -> Graph<'data> {
+    let functions = functions(image, insns);
+    build_from(functions, image, insns, tables, frame_pointer)
+}
+
+/// The image's functions, the owner of every instruction, and each `.cold` part linked to its
+/// parent: the part of the graph that reads no kernel table, so a check builds it while the
+/// tables are read ([`build_from`] goes on from it).
+pub struct Functions<'data> {
+    funcs: Vec<Func<'data>>,
+    insn_func: Vec<FuncId>,
+    /// Global labels in code outside functions ([`Graph::labels`]); empty without an image.
+    labels: Vec<u64>,
+    /// The instructions direct calls and jumps land on, as bits: [`Graph::targets`] before
+    /// the switch tables' and the kernel tables' targets are added.
+    targets: Vec<u64>,
+}
+
+/// See [`Functions`].
+pub fn functions<'data>(image: &Image<'data>, insns: &Insns) -> Functions<'data> {
     let funcs = collect_funcs(image, insns);
     crate::lap("graph: functions");
-    from_funcs(funcs, Some(image), insns, tables, frame_pointer)
+    let mut functions = owners(funcs, insns);
+    functions.labels = labels(image, &functions.funcs);
+    crate::lap("graph: labels");
+    functions
+}
+
+fn owners<'data>(mut funcs: Vec<Func<'data>>, insns: &Insns) -> Functions<'data> {
+    let insn_func = insn_funcs(&funcs, insns.len());
+    crate::lap("graph: owners");
+    link_cold_parts(&mut funcs, &insn_func, insns);
+    crate::lap("graph: cold parts");
+    let targets = branch_hits(insns);
+    crate::lap("graph: branch targets");
+    Functions {
+        funcs,
+        insn_func,
+        labels: Vec::new(),
+        targets,
+    }
+}
+
+/// The global labels in executable sections that no function covers: where code outside
+/// functions can be entered by name (see [`Dest::Label`]), sorted.
+fn labels(image: &Image<'_>, funcs: &[Func<'_>]) -> Vec<u64> {
+    let in_func = |a: u64| {
+        let i = funcs.partition_point(|f| f.addr <= a);
+        funcs[..i].iter().rev().take(4).any(|f| f.contains(a))
+    };
+    let mut labels: Vec<u64> = image
+        .symbols
+        .iter()
+        // Only global symbols: gas resolves a jump to a local label itself, without a
+        // relocation, so objtool followed those.
+        .filter(|s| {
+            s.kind == SymKind::NoType && s.global && image.sections[s.section as usize].exec
+        })
+        // Linker-script boundary markers (`_einittext` at the start of .altinstr_aux,
+        // `__*_start`/`__*_end`) share addresses with code but are not entry points:
+        // objtool saw section-relative relocations there and followed them.
+        .filter(|s| {
+            s.addr != image.sections[s.section as usize].addr && !is_boundary_marker(s.name)
+        })
+        .map(|s| s.addr)
+        .filter(|&a| !in_func(a))
+        .collect();
+    labels.sort_unstable();
+    labels.dedup();
+    labels
+}
+
+/// [`build`] from the functions found before the tables were read.
+pub fn build_from<'data>(
+    functions: Functions<'data>,
+    image: &Image<'data>,
+    insns: &mut Insns,
+    tables: &Tables,
+    frame_pointer: bool,
+) -> Graph<'data> {
+    from_functions(functions, Some(image), insns, tables, frame_pointer)
 }
 
 /// Builds the graph over given functions (sorted by address). Without an image, no switch
 /// tables are read.
+#[cfg(test)]
 fn from_funcs<'data>(
-    mut funcs: Vec<Func<'data>>,
+    funcs: Vec<Func<'data>>,
     image: Option<&Image<'data>>,
     insns: &mut Insns,
     tables: &Tables,
     frame_pointer: bool,
 ) -> Graph<'data> {
-    let insn_func = insn_funcs(&funcs, insns.len());
-    crate::lap("graph: owners");
-    link_cold_parts(&mut funcs, &insn_func, insns);
-    crate::lap("graph: cold parts");
+    let functions = owners(funcs, insns);
+    from_functions(functions, image, insns, tables, frame_pointer)
+}
+
+fn from_functions<'data>(
+    Functions {
+        mut funcs,
+        insn_func,
+        labels,
+        targets,
+    }: Functions<'data>,
+    image: Option<&Image<'data>>,
+    insns: &mut Insns,
+    tables: &Tables,
+    frame_pointer: bool,
+) -> Graph<'data> {
     note_callees(&funcs, &insn_func, insns);
     let insns = &*insns;
     crate::lap("graph: callees");
@@ -455,33 +545,13 @@ fn from_funcs<'data>(
         noreturn: Vec::new(),
         code_calls: Vec::new(),
         code_noreturn: Vec::new(),
-        labels: Vec::new(),
+        labels,
         return_thunk: None,
         return_thunks: Vec::new(),
         noreturn_rounds: 0,
     };
 
     if let Some(image) = image {
-        let mut labels: Vec<u64> = image
-            .symbols
-            .iter()
-            // Only global symbols: gas resolves a jump to a local label itself, without a
-            // relocation, so objtool followed those.
-            .filter(|s| {
-                s.kind == SymKind::NoType && s.global && image.sections[s.section as usize].exec
-            })
-            // Linker-script boundary markers (`_einittext` at the start of .altinstr_aux,
-            // `__*_start`/`__*_end`) share addresses with code but are not entry points:
-            // objtool saw section-relative relocations there and followed them.
-            .filter(|s| {
-                s.addr != image.sections[s.section as usize].addr && !is_boundary_marker(s.name)
-            })
-            .map(|s| s.addr)
-            .filter(|&a| graph.func_at(a).is_none())
-            .collect();
-        labels.sort_unstable();
-        labels.dedup();
-        graph.labels = labels;
         graph.return_thunk = image
             .symbol("__x86_return_thunk")
             .and_then(|s| insns.at(s.addr));
@@ -494,7 +564,7 @@ fn from_funcs<'data>(
         graph.return_thunks = thunks;
     }
 
-    crate::lap("graph: labels");
+    crate::lap("graph: thunks");
     // Switch tables, one function at a time in parallel, merged in order. Only indirect jumps
     // and jumps to retpoline thunks (`jmp __x86_indirect_thunk_<reg>` is `jmp *%reg` under
     // retpolines) can dispatch through one.
@@ -516,7 +586,7 @@ fn from_funcs<'data>(
         graph.tables.extend(per_func.into_iter().flatten());
     }
     crate::lap("graph: scan");
-    graph.targets = branch_targets(insns, &graph.tables, tables);
+    graph.targets = branch_targets(targets, &graph.tables, tables);
     crate::lap("graph: targets");
     graph.code_calls = code_calls(&graph, insns);
     crate::lap("graph: code calls");
@@ -978,19 +1048,14 @@ fn switch_table(
     (!out.is_empty()).then(|| out.into_boxed_slice())
 }
 
-/// Every instruction where two paths can meet: branch and call targets, switch-table cases,
-/// and the places the kernel's tables lead to.
+/// Every instruction where two paths can meet: branch and call targets (`bits`, from
+/// [`branch_hits`]), switch-table cases, and the places the kernel's tables lead to.
 fn branch_targets(
-    insns: &Insns,
+    mut bits: Vec<u64>,
     switches: &HashMap<InsnId, Box<[InsnId]>>,
     tables: &Tables,
 ) -> Vec<u64> {
-    let hits = insns
-        .calls
-        .iter()
-        .chain(&insns.jumps)
-        .map(|&(_, to)| to)
-        .filter(|&to| to != crate::decode::NO_INSN);
+    let len = bits.len() * 64;
     let kernel = tables
         .jump_labels
         .iter()
@@ -1003,13 +1068,25 @@ fn branch_targets(
                 .flatten()
                 .flat_map(|a| a.repl.into_iter().chain([a.orig_end])),
         );
-    let mut bits = vec![0u64; insns.len().div_ceil(64)];
-    for id in hits
-        .chain(switches.values().flat_map(|t| t.iter().copied()))
+    for id in switches
+        .values()
+        .flat_map(|t| t.iter().copied())
         .chain(kernel)
     {
-        if (id as usize) < insns.len() {
+        if (id as usize) < len {
             set_bit(&mut bits, id);
+        }
+    }
+    bits
+}
+
+/// The instructions direct calls and jumps land on, as bits (see [`branch_targets`]).
+fn branch_hits(insns: &Insns) -> Vec<u64> {
+    let mut bits = vec![0u64; insns.len().div_ceil(64)];
+    for &(_, to) in insns.calls.iter().chain(&insns.jumps) {
+        // Unresolved targets are NO_INSN, past the end.
+        if (to as usize) < insns.len() {
+            set_bit(&mut bits, to);
         }
     }
     bits

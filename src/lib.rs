@@ -247,12 +247,17 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
     let mut insns = decode::decode_image(&image);
     timer.phase("decode");
 
-    let tables = kernel::read(&image, &insns);
-    timer.phase("tables");
+    // The kernel's tables and the functions (which need no table) at once: each has
+    // stretches that keep one core only.
+    let (tables, functions) = rayon::join(
+        || kernel::read(&image, &insns),
+        || graph::functions(&image, &insns),
+    );
+    timer.phase("tables+functions");
 
     let orc = image.section_by_name(".orc_unwind").is_some();
     let frame_pointer = opts.frame_pointer.unwrap_or(!orc);
-    let graph = graph::build(&image, &mut insns, &tables, frame_pointer);
+    let graph = graph::build_from(functions, &image, &mut insns, &tables, frame_pointer);
     timer.phase("graph");
 
     let roots = graph.funcs.iter().filter(|f| f.skip.is_none()).count();
