@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Fetch (once) Debian's cloud vmlinux images and check them with stackval.
+# Fetch (once) Debian's vmlinux images and check them with stackval.
 #
 #   scripts/check-kernel.sh [6.1|6.12|all] [stackval check options...]
+#   scripts/check-kernel.sh [6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours] [options...]
+#
+# `all` is the two cloud images; the second form checks Debian's other flavours of the same
+# releases (see scripts/fetch-kernels.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which=${1:-6.1}
@@ -9,7 +13,7 @@ which=${1:-6.1}
 cargo build --release --quiet
 status=0
 while read -r flavour image; do
-    echo "== Debian $flavour cloud vmlinux: $image" >&2
+    echo "== Debian $flavour vmlinux: $image" >&2
     ./target/release/stackval check "$@" "$image" || status=$?
 done < <(scripts/fetch-kernels.sh "$which")
 exit "$status"

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Fetch and cache Debian's cloud-amd64 debug vmlinux images that stackval is tested against.
+# Fetch and cache the Debian debug vmlinux images that stackval is tested against.
 #
-#   scripts/fetch-kernels.sh [6.1|6.12|all]    (default: all)
+#   scripts/fetch-kernels.sh [6.1|6.12|all]    (default: all: the two cloud images)
+#   scripts/fetch-kernels.sh [6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours]
 #
+# The second form fetches Debian's other flavours of the same releases (generic amd64 and
+# PREEMPT_RT configurations), which nothing runs by default.
 # Prints one line per image: "<flavour> <path>". Only the vmlinux is unpacked from each
 # -dbg package; the .deb is deleted afterwards. A second call finds the cache and is instant.
 # Cache: $STACKVAL_CACHE (default ~/.cache/stackval)/kernels/<package-version>/vmlinux
@@ -31,7 +34,8 @@ fetch_one() { # flavour package-regex (anchored with ^...$)
     pkg=$(newest_pkg "$regex" || true)
     if [ -z "$pkg" ]; then
         local cached
-        cached=$(ls -d "$cache"/linux-image-*/vmlinux 2>/dev/null | grep -E "/${regex#^}" | sort -V | tail -1 || true)
+        local name=${regex#^}
+        cached=$(ls -d "$cache"/linux-image-*/vmlinux 2>/dev/null | grep -E "/${name%\$}/vmlinux\$" | sort -V | tail -1 || true)
         [ -n "$cached" ] || { echo "fetch-kernels: no package matches $regex" >&2; return 1; }
         echo "$flavour $cached"; return 0
     fi
@@ -52,12 +56,30 @@ fetch_one() { # flavour package-regex (anchored with ^...$)
 }
 
 apt_ready
+cloud61='^linux-image-6\.1\.0-[0-9]+-cloud-amd64-dbg$'
+cloud612='^linux-image-6\.12\.[0-9]+.*-cloud-amd64-dbg$'
+generic61='^linux-image-6\.1\.0-[0-9]+-amd64-dbg$'
+generic612='^linux-image-6\.12\.[0-9]+.*[0-9]-amd64-dbg$'
+rt61='^linux-image-6\.1\.0-[0-9]+-rt-amd64-dbg$'
+rt612='^linux-image-6\.12\.[0-9]+.*-rt-amd64-dbg$'
 case $want in
-    6.1) fetch_one 6.1 '^linux-image-6\.1\.0-[0-9]+-cloud-amd64-dbg$' ;;
-    6.12) fetch_one 6.12 '^linux-image-6\.12\.[0-9]+.*-cloud-amd64-dbg$' ;;
+    6.1) fetch_one 6.1 "$cloud61" ;;
+    6.12) fetch_one 6.12 "$cloud612" ;;
     all)
-        fetch_one 6.1 '^linux-image-6\.1\.0-[0-9]+-cloud-amd64-dbg$'
-        fetch_one 6.12 '^linux-image-6\.12\.[0-9]+.*-cloud-amd64-dbg$'
+        fetch_one 6.1 "$cloud61"
+        fetch_one 6.12 "$cloud612"
         ;;
-    *) echo "usage: $0 [6.1|6.12|all]" >&2; exit 2 ;;
+    # Debian's other flavours of the same releases (the generic amd64 configuration and
+    # PREEMPT_RT), not part of `all`: about 900 MB to download each, once.
+    6.1-generic) fetch_one 6.1-generic "$generic61" ;;
+    6.12-generic) fetch_one 6.12-generic "$generic612" ;;
+    6.1-rt) fetch_one 6.1-rt "$rt61" ;;
+    6.12-rt) fetch_one 6.12-rt "$rt612" ;;
+    flavours)
+        fetch_one 6.1-generic "$generic61"
+        fetch_one 6.1-rt "$rt61"
+        fetch_one 6.12-generic "$generic612"
+        fetch_one 6.12-rt "$rt612"
+        ;;
+    *) echo "usage: $0 [6.1|6.12|all|6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours]" >&2; exit 2 ;;
 esac
