@@ -317,9 +317,9 @@ mod tests {
 
     #[test]
     fn verify_confirms_and_reports() {
-        let orc = Orc {
-            ips: vec![0x1000, 0x1001, 0x1010],
-            entries: vec![
+        let orc = Orc::new(
+            vec![0x1000, 0x1001, 0x1010],
+            vec![
                 entry(orc_reg::SP, 8, orc_reg::UNDEFINED, 0),
                 entry(orc_reg::SP, 16, orc_reg::UNDEFINED, 0),
                 OrcEntry {
@@ -327,8 +327,8 @@ mod tests {
                     ..entry(orc_reg::UNDEFINED, 0, 0, 0)
                 },
             ],
-            layout: "v3",
-        };
+            "v3",
+        );
         let sec = (0x1000, 0x2000);
         let init = Cfi::initial();
         assert_eq!(verify(&orc, 0x1000, sec, &init), Verdict::Confirmed);
