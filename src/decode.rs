@@ -1256,6 +1256,7 @@ pub const INT3_RUN: usize = 16;
 /// Decodes `bytes`, which live at `addr`, handing each instruction to `emit` in order.
 /// Returns how many more instructions there are than entries emitted (see [`INT3_RUN`]).
 fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) -> u64 {
+    let classes = classes();
     let mut decoder = Decoder::with_ip(64, bytes, addr, DecoderOptions::NONE);
     let mut ins = Instruction::default();
     let mut pos = 0usize;
@@ -1304,7 +1305,7 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) -> u64 {
             ins.is_invalid().then_some((1, Kind::Invalid))
         };
         let Some((len, kind)) = special else {
-            emit(classify(&ins));
+            emit(classify_with(classes, &ins));
             pos += ins.len();
             continue;
         };
@@ -1421,11 +1422,21 @@ fn stack_mnemonic(m: Mnemonic) -> bool {
         )
 }
 
-/// Turns one decoded instruction into its compact form.
-#[inline(always)]
-pub fn classify(ins: &Instruction) -> Insn {
+/// [`class_of`] of every code, computed once.
+fn classes() -> &'static [Class] {
     static CLASSES: std::sync::OnceLock<Box<[Class]>> = std::sync::OnceLock::new();
-    let classes = CLASSES.get_or_init(|| Code::values().map(class_of).collect());
+    CLASSES.get_or_init(|| Code::values().map(class_of).collect())
+}
+
+/// Turns one decoded instruction into its compact form.
+pub fn classify(ins: &Instruction) -> Insn {
+    classify_with(classes(), ins)
+}
+
+/// [`classify`] with the table of [`classes`] at hand: decoding looks it up once per piece, not
+/// once per instruction.
+#[inline(always)]
+fn classify_with(classes: &[Class], ins: &Instruction) -> Insn {
     let mut target = 0;
     let mut op = StackOp::NONE;
     let mut kind = match classes[ins.code() as usize] {
