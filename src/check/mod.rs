@@ -1023,16 +1023,15 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         for part in ranges {
             let pf = g.func(part);
             let mut dead_run = false;
-            for id in pf.first..pf.end {
-                if self.b.seen.contains(id) {
-                    dead_run = false;
-                    continue;
-                }
-                dead_run = dead_run || after_noreturn_call(id);
+            let mut from = pf.first;
+            while let Some(id) = self.b.seen.first_unseen(from, pf.end) {
+                // A reached instruction between ends a run of dead code.
+                dead_run = (dead_run && id == from) || after_noreturn_call(id);
                 let insn = insns.get(id);
                 if !dead_run && !padding(insn.kind) {
                     return Some(Finding::new(FindingKind::UnreachableInstruction, insn.addr));
                 }
+                from = id + 1;
             }
         }
         None
