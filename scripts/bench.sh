@@ -259,7 +259,7 @@ if kern:
     for name, r in kern:
         rows.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in r["phases"].values()) + " |")
     if all(r.get("steps") for _, r in kern):
-        rows += ["", "Steps inside the phases (same run; the kernel tables are read side by side with finding the functions, on all cores, and that phase shows no steps). "
+        rows += ["", "Steps inside the phases (same run; in tables+functions the kernel tables are read on one worker thread while the steps shown find the functions on another, and a step's cpu includes that reading). "
                  "cpu: the process's CPU time over the step, all threads; cpu/wall near 1 is a serial step "
                  "(idle worker threads spin briefly, so a serial step right after a parallel one can show more):", "",
                  "| step | " + " | ".join(f"{name} wall | {name} cpu" for name, _ in kern) + " |",

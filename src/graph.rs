@@ -446,20 +446,20 @@ pub struct Functions<'data> {
 /// See [`Functions`].
 pub fn functions<'data>(image: &Image<'data>, insns: &Insns) -> Functions<'data> {
     let funcs = collect_funcs(image, insns);
-    crate::lap("graph: functions");
+    crate::lap("tables+functions: functions");
     let mut functions = owners(funcs, insns);
     functions.labels = labels(image, &functions.funcs);
-    crate::lap("graph: labels");
+    crate::lap("tables+functions: labels");
     functions
 }
 
 fn owners<'data>(mut funcs: Vec<Func<'data>>, insns: &Insns) -> Functions<'data> {
     let insn_func = insn_funcs(&funcs, insns.len());
-    crate::lap("graph: owners");
+    crate::lap("tables+functions: owners");
     link_cold_parts(&mut funcs, &insn_func, insns);
-    crate::lap("graph: cold parts");
+    crate::lap("tables+functions: cold parts");
     let targets = branch_hits(insns);
-    crate::lap("graph: branch targets");
+    crate::lap("tables+functions: branch targets");
     Functions {
         funcs,
         insn_func,

@@ -236,6 +236,24 @@ pub(crate) fn lap(name: &'static str) {
     LAPS.with(|l| l.borrow_mut().push(t));
 }
 
+/// Returns a closure that runs `f` on whichever thread it is called and brings back, with its
+/// result, the steps it recorded there ([`lap`]), timed from when this was called, if this
+/// thread records steps; for the calling thread to add to its own.
+fn recorded<T>(f: impl FnOnce() -> T + Send) -> impl FnOnce() -> (T, Vec<Timing>) + Send {
+    let timing = TIMING.with(|t| t.get());
+    let since = LAST_LAP.with(|l| l.get());
+    move || {
+        let was = TIMING.with(|t| t.replace(timing));
+        let last = LAST_LAP.with(|l| l.replace(since));
+        let laps = LAPS.with(|l| std::mem::take(&mut *l.borrow_mut()));
+        let out = f();
+        let steps = LAPS.with(|l| std::mem::replace(&mut *l.borrow_mut(), laps));
+        LAST_LAP.with(|l| l.set(last));
+        TIMING.with(|t| t.set(was));
+        (out, steps)
+    }
+}
+
 /// Checks one image: the whole pipeline.
 pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
     let _recording = Recording::start();
@@ -248,11 +266,13 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
     timer.phase("decode");
 
     // The kernel's tables and the functions (which need no table) at once: each has
-    // stretches that keep one core only.
-    let (tables, functions) = rayon::join(
+    // stretches that keep one core only. The functions' steps are recorded on the worker
+    // thread that finds them and shown with this thread's.
+    let (tables, (functions, steps)) = rayon::join(
         || kernel::read(&image, &insns),
-        || graph::functions(&image, &insns),
+        recorded(|| graph::functions(&image, &insns)),
     );
+    LAPS.with(|l| l.borrow_mut().extend(steps));
     timer.phase("tables+functions");
 
     let orc = image.section_by_name(".orc_unwind").is_some();
