@@ -407,7 +407,7 @@ pub struct Insns {
 /// instructions costs a cache miss per step, and checks look up hundreds of thousands of
 /// addresses).
 #[derive(Default)]
-struct AddrIndex {
+pub(crate) struct AddrIndex {
     lo: u64,
     shift: u32,
     /// One entry per block, and one more: the list's length.
@@ -415,6 +415,41 @@ struct AddrIndex {
 }
 
 impl AddrIndex {
+    /// The index of sorted addresses `keys`, in blocks of `1 << shift` bytes from the first,
+    /// built in parallel stretches of blocks (the ORC table's addresses use it too).
+    pub(crate) fn over(keys: &[u64], shift: u32) -> AddrIndex {
+        let (Some(&lo), Some(&hi)) = (keys.first(), keys.last()) else {
+            return AddrIndex {
+                first: vec![0],
+                ..AddrIndex::default()
+            };
+        };
+        let blocks = ((hi - lo) >> shift) as usize + 1;
+        let mut first = vec![0; blocks + 1];
+        const CHUNK: usize = 1 << 14;
+        first
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, slots)| {
+                let start = |b: usize| lo + ((b as u64) << shift);
+                let mut i = keys.partition_point(|&k| k < start(c * CHUNK));
+                for (k, slot) in slots.iter_mut().enumerate() {
+                    let at = start(c * CHUNK + k);
+                    while i < keys.len() && keys[i] < at {
+                        i += 1;
+                    }
+                    *slot = i as InsnId;
+                }
+            });
+        AddrIndex { lo, shift, first }
+    }
+
+    /// How many blocks the index has.
+    #[cfg(test)]
+    pub(crate) fn blocks(&self) -> usize {
+        self.first.len() - 1
+    }
+
     /// Blocks of 64 bytes (about 30 instructions), larger if the code spans so much address
     /// space that the index would pass 8M entries.
     fn shift_for(span: u64) -> u32 {
@@ -455,7 +490,7 @@ impl AddrIndex {
 
     /// The instructions `a..b` that can start at `addr`'s block; all before `a` start below
     /// `addr`, all from `b` on above it.
-    fn candidates(&self, addr: u64) -> (usize, usize) {
+    pub(crate) fn candidates(&self, addr: u64) -> (usize, usize) {
         let blocks = self.first.len() - 1;
         let end = self.first[blocks] as usize;
         if addr < self.lo {
@@ -1305,7 +1340,7 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) -> u64 {
             ins.is_invalid().then_some((1, Kind::Invalid))
         };
         let Some((len, kind)) = special else {
-            emit(classify_with(classes, &ins));
+            emit(classify(classes, &ins));
             pos += ins.len();
             continue;
         };
@@ -1428,15 +1463,10 @@ fn classes() -> &'static [Class] {
     CLASSES.get_or_init(|| Code::values().map(class_of).collect())
 }
 
-/// Turns one decoded instruction into its compact form.
-pub fn classify(ins: &Instruction) -> Insn {
-    classify_with(classes(), ins)
-}
-
-/// [`classify`] with the table of [`classes`] at hand: decoding looks it up once per piece, not
-/// once per instruction.
+/// Turns one decoded instruction into its compact form; `classes` is [`classes`], which
+/// decoding fetches once per piece rather than once per instruction.
 #[inline(always)]
-fn classify_with(classes: &[Class], ins: &Instruction) -> Insn {
+fn classify(classes: &[Class], ins: &Instruction) -> Insn {
     let mut target = 0;
     let mut op = StackOp::NONE;
     let mut kind = match classes[ins.code() as usize] {

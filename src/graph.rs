@@ -302,13 +302,7 @@ pub struct Graph<'data> {
 impl<'data> Graph<'data> {
     /// The function whose range holds `addr` (the innermost one, for nested symbols).
     pub fn func_at(&self, addr: u64) -> Option<FuncId> {
-        let i = self.funcs.partition_point(|f| f.addr <= addr);
-        self.funcs[..i]
-            .iter()
-            .rev()
-            .take(4)
-            .position(|f| f.contains(addr))
-            .map(|back| (i - 1 - back) as FuncId)
+        func_at(&self.funcs, addr)
     }
 
     /// The function holding instruction `id` (the innermost one): [`Graph::func_at`] of its
@@ -468,13 +462,20 @@ fn owners<'data>(mut funcs: Vec<Func<'data>>, insns: &Insns) -> Functions<'data>
     }
 }
 
+/// [`Graph::func_at`] over `funcs` (sorted by address), before the graph exists.
+fn func_at(funcs: &[Func<'_>], addr: u64) -> Option<FuncId> {
+    let i = funcs.partition_point(|f| f.addr <= addr);
+    funcs[..i]
+        .iter()
+        .rev()
+        .take(4)
+        .position(|f| f.contains(addr))
+        .map(|back| (i - 1 - back) as FuncId)
+}
+
 /// The global labels in executable sections that no function covers: where code outside
 /// functions can be entered by name (see [`Dest::Label`]), sorted.
 fn labels(image: &Image<'_>, funcs: &[Func<'_>]) -> Vec<u64> {
-    let in_func = |a: u64| {
-        let i = funcs.partition_point(|f| f.addr <= a);
-        funcs[..i].iter().rev().take(4).any(|f| f.contains(a))
-    };
     let mut labels: Vec<u64> = image
         .symbols
         .iter()
@@ -490,7 +491,7 @@ fn labels(image: &Image<'_>, funcs: &[Func<'_>]) -> Vec<u64> {
             s.addr != image.sections[s.section as usize].addr && !is_boundary_marker(s.name)
         })
         .map(|s| s.addr)
-        .filter(|&a| !in_func(a))
+        .filter(|&a| func_at(funcs, a).is_none())
         .collect();
     labels.sort_unstable();
     labels.dedup();
@@ -1611,9 +1612,12 @@ fn may_return(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::decode::decode_into;
+
     #[test]
     fn first_unseen_agrees_with_one_at_a_time() {
-        let mut v = super::Visited::default();
+        let mut v = Visited::default();
         v.reset(100..300);
         let mut x = 7u64;
         for _ in 0..150 {
@@ -1635,9 +1639,6 @@ mod tests {
             }
         }
     }
-
-    use super::*;
-    use crate::decode::decode_into;
 
     const BASE: u64 = 0xffff_ffff_8100_0000;
 

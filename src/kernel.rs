@@ -19,7 +19,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use rayon::prelude::*;
 
-use crate::decode::{InsnId, Insns, Kind};
+use crate::decode::{AddrIndex, InsnId, Insns, Kind};
 use crate::image::Image;
 
 /// Per-instruction flags.
@@ -94,71 +94,23 @@ pub struct Orc {
     pub entries: Vec<OrcEntry>,
     /// "v3" (Linux 6.4+: type:3, signal:1) or "v2" (type:2, end:1).
     pub layout: &'static str,
-    index: OrcIndex,
-}
-
-/// Where the entries of each block of `1 << shift` bytes from `lo` start, so that a lookup
-/// reads one slot and searches the block's entry or two instead of a binary search over the
-/// whole table (about nineteen dependent reads for Debian 6.1's 385 k entries), half a million
-/// times per check: the walks' ORC checks search whenever a path lands away from the entry
-/// last used.
-#[derive(Default)]
-struct OrcIndex {
-    lo: u64,
-    shift: u32,
-    /// One slot per block, and one more: the first entry at or after the block's start.
-    first: Vec<u32>,
-}
-
-impl OrcIndex {
-    fn new(ips: &[u64]) -> OrcIndex {
-        let (Some(&lo), Some(&hi)) = (ips.first(), ips.last()) else {
-            return OrcIndex::default();
-        };
-        // About one block per entry.
-        let mut shift = 4;
-        while (hi - lo) >> shift > ips.len() as u64 {
-            shift += 1;
-        }
-        let blocks = ((hi - lo) >> shift) as usize + 1;
-        let mut first = vec![0u32; blocks + 1];
-        // In parallel over stretches of blocks, each finding its first entry once.
-        const CHUNK: usize = 1 << 14;
-        first
-            .par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(c, slots)| {
-                let start = |b: usize| lo + ((b as u64) << shift);
-                let mut i = ips.partition_point(|&ip| ip < start(c * CHUNK));
-                for (k, slot) in slots.iter_mut().enumerate() {
-                    let at = start(c * CHUNK + k);
-                    while i < ips.len() && ips[i] < at {
-                        i += 1;
-                    }
-                    *slot = i as u32;
-                }
-            });
-        OrcIndex { lo, shift, first }
-    }
-
-    /// How many of `ips` (the table the index was built over) are at or before `addr`.
-    fn count_upto(&self, ips: &[u64], addr: u64) -> usize {
-        let Some(d) = addr.checked_sub(self.lo) else {
-            return 0;
-        };
-        let b = (d >> self.shift) as usize;
-        if b + 1 >= self.first.len() {
-            return ips.len();
-        }
-        let (a, z) = (self.first[b] as usize, self.first[b + 1] as usize);
-        a + ips[a..z].partition_point(|&ip| ip <= addr)
-    }
+    /// Where each block's entries start, so that a lookup reads one slot and searches the
+    /// block's entry or two instead of a binary search over the whole table (about nineteen
+    /// dependent reads for Debian 6.1's 385 k entries), half a million times per check: the
+    /// walks' ORC checks search whenever a path lands away from the entry last used.
+    index: AddrIndex,
 }
 
 impl Orc {
     pub fn new(ips: Vec<u64>, entries: Vec<OrcEntry>, layout: &'static str) -> Orc {
         debug_assert!(ips.is_sorted() && ips.len() == entries.len());
-        let index = OrcIndex::new(&ips);
+        // About one block per entry.
+        let span = ips.last().zip(ips.first()).map_or(0, |(hi, lo)| hi - lo);
+        let mut shift = 4;
+        while span >> shift > ips.len() as u64 {
+            shift += 1;
+        }
+        let index = AddrIndex::over(&ips, shift);
         Orc {
             ips,
             entries,
@@ -167,13 +119,19 @@ impl Orc {
         }
     }
 
+    /// How many entries are at or before `addr`.
+    fn count_upto(&self, addr: u64) -> usize {
+        let (a, z) = self.index.candidates(addr);
+        a + self.ips[a..z].partition_point(|&ip| ip <= addr)
+    }
+
     /// Whether `[lo, hi)` is covered only by entries that give the unwinder no way through
     /// (undefined or end of stack): the one in force at `lo` and every one inside.
     pub fn undefined_over(&self, lo: u64, hi: u64) -> bool {
         let undefined = |e: &OrcEntry| matches!(e.kind, OrcType::Undefined | OrcType::EndOfStack);
         // One search: the entry in force at `lo` is the one before the first after it, and
         // for nearly every function it is defined.
-        let a = self.index.count_upto(&self.ips, lo);
+        let a = self.count_upto(lo);
         if a == 0 || !undefined(&self.entries[a - 1]) {
             return false;
         }
@@ -188,7 +146,7 @@ impl Orc {
 
     /// The entry that covers `addr`: the last one at or before it.
     pub fn lookup(&self, addr: u64) -> Option<(u64, &OrcEntry)> {
-        let i = self.index.count_upto(&self.ips, addr);
+        let i = self.count_upto(addr);
         (i > 0).then(|| (self.ips[i - 1], &self.entries[i - 1]))
     }
 
@@ -207,7 +165,7 @@ impl Orc {
         } else if fits(*hint + 1) {
             *hint + 1
         } else {
-            self.index.count_upto(&self.ips, addr)
+            self.count_upto(addr)
         };
         *hint = i;
         (i > 0).then(|| (self.ips[i - 1], &self.entries[i - 1]))
@@ -627,7 +585,7 @@ mod tests {
             .map(|&ip| entry(OrcType::Call, ip as i16))
             .collect();
         let orc = Orc::new(ips, entries, "v3");
-        assert!(orc.index.first.len() > 3 << 14, "several stretches");
+        assert!(orc.index.blocks() > 3 << 14, "several stretches");
         let (lo, hi) = (orc.ips[0] - 100, orc.ips[orc.ips.len() - 1] + 100);
         for _ in 0..200_000 {
             let addr = lo + next() % (hi - lo);
