@@ -1,6 +1,8 @@
-//! Decoding: every executable byte of the image is decoded once with iced-x86 into a compact
-//! [`Insn`]: its length, what kind of control flow it is, the resolved target of a direct branch,
-//! and the one stack-pointer effect ([`StackOp`]) the stack-state walk needs.
+//! Decoding: every executable byte of the image is decoded once into a compact [`Insn`]: its
+//! length, what kind of control flow it is, the resolved target of a direct branch, and the one
+//! stack-pointer effect ([`StackOp`]) the stack-state walk needs. iced-x86 decodes whatever the
+//! few simple forms of [`quick`] do not (a sixth of a kernel's instructions, including every one
+//! that touches the stack pointer); the two agree wherever both apply, which the tests show.
 //!
 //! Sections are cut at the boundaries of top-level symbols so that a stray byte of data in one place cannot shift
 //! the instruction stream of the next function, and the pieces are decoded in parallel. A byte
@@ -13,6 +15,8 @@ use iced_x86::{
 use rayon::prelude::*;
 
 use crate::image::{Image, SymKind};
+
+mod quick;
 
 /// Dense index of an instruction in [`Insns::list`].
 pub type InsnId = u32;
@@ -1298,6 +1302,9 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) -> u64 {
     let mut folded = 0u64;
     // The end of the last run of int3 found too short to fold: not scanned again.
     let mut short_run_end = 0usize;
+    // Whether instructions were decoded without `decoder` since it last decoded: it must be
+    // moved to `pos` before it decodes again.
+    let mut behind = false;
     // After bytes decoded without it, the decoder goes on at `pos` (always inside `bytes`).
     let resync = |decoder: &mut Decoder<'_>, pos: usize| {
         let _ = decoder.set_position(pos);
@@ -1320,7 +1327,7 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) -> u64 {
                     folded += n as u64 - 1;
                     pos += n;
                 }
-                resync(&mut decoder, pos);
+                behind = true;
                 continue;
             }
             short_run_end = pos + run;
@@ -1335,7 +1342,17 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) -> u64 {
                 Some([0x0b, b'x', b'e', b'n'] | [0x0b, b'k', b'v', b'm'])
             ) {
             Some((5, Kind::Other))
+        } else if let Some(insn) = quick::decode(&bytes[pos..], addr + pos as u64) {
+            debug_assert_eq!(Some(insn), decode_one(&bytes[pos..], addr + pos as u64));
+            emit(insn);
+            pos += insn.len as usize;
+            behind = true;
+            continue;
         } else {
+            if behind {
+                resync(&mut decoder, pos);
+                behind = false;
+            }
             decoder.decode_out(&mut ins);
             ins.is_invalid().then_some((1, Kind::Invalid))
         };
@@ -1347,8 +1364,42 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) -> u64 {
         emit(Insn::new(addr + pos as u64, len, kind, 0, StackOp::NONE));
         pos += len as usize;
         resync(&mut decoder, pos);
+        behind = false;
     }
     folded
+}
+
+/// Decodes every executable byte of `image` twice, instruction by instruction: with iced-x86
+/// and classification, and with [`quick::decode`] wherever it takes the form. Returns how many
+/// instructions it took and how many there are, or the address of the first where the two
+/// disagree. For the tests on real kernels: a check uses whichever applies.
+#[doc(hidden)]
+pub fn compare_quick(image: &Image<'_>) -> Result<(u64, u64), u64> {
+    let pieces = pieces(image);
+    let counts = pieces.par_iter().map(|&(addr, code)| {
+        let (mut taken, mut all, mut pos) = (0, 0, 0);
+        while pos < code.len() {
+            let at = addr + pos as u64;
+            let full = decode_one(&code[pos..], at);
+            match quick::decode(&code[pos..], at) {
+                Some(q) if Some(q) != full => return Err(at),
+                Some(_) => taken += 1,
+                None => {}
+            }
+            all += 1;
+            pos += full.map_or(1, |i| i.len as usize);
+        }
+        Ok((taken, all))
+    });
+    counts.try_reduce(|| (0, 0), |a, b| Ok((a.0 + b.0, a.1 + b.1)))
+}
+
+/// The first instruction of `code`, which lives at `addr`, decoded by iced-x86 and classified
+/// (`None` if it does not decode): what [`quick::decode`] must agree with.
+fn decode_one(code: &[u8], addr: u64) -> Option<Insn> {
+    let mut decoder = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
+    let ins = decoder.decode();
+    (!ins.is_invalid()).then(|| classify(classes(), &ins))
 }
 
 fn gpr(r: Register) -> Option<u8> {

@@ -166,3 +166,18 @@ fn symbols_looked_up_by_name_match_a_full_search() {
         }
     }
 }
+
+/// The decoder for simple forms (`decode::quick`) agrees with iced-x86 and classification on
+/// every instruction of the real kernels, and takes most of them.
+#[test]
+#[ignore = "downloads Debian kernels; run by scripts/test.sh"]
+fn quick_decoder_agrees_with_iced_on_every_instruction() {
+    for (flavour, path) in kernels() {
+        let map = stackval::map_file(&path).unwrap();
+        let image = stackval::image::Image::parse(&path, &map).unwrap();
+        let (taken, all) = stackval::decode::compare_quick(&image)
+            .unwrap_or_else(|at| panic!("{flavour}: the two decoders disagree at {at:#x}"));
+        eprintln!("{flavour}: {taken} of {all} instructions decoded without iced-x86");
+        assert!(taken * 2 > all, "{flavour}: only {taken} of {all}");
+    }
+}
