@@ -1332,6 +1332,13 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) -> u64 {
             }
             short_run_end = pos + run;
         }
+        if let Some(insn) = quick::decode(&bytes[pos..], addr + pos as u64) {
+            debug_assert_eq!(Some(insn), decode_one(&bytes[pos..], addr + pos as u64));
+            emit(insn);
+            pos += insn.len as usize;
+            behind = true;
+            continue;
+        }
         // `ud2; .ascii "xen"` / `"kvm"` is the hypervisors' forced-emulation prefix
         // (XEN_EMULATE_PREFIX, __KVM_EMULATE_PREFIX): the hypervisor traps it, emulates the
         // instruction that follows and continues. It is one five-byte prefix, not a trap.
@@ -1342,12 +1349,6 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) -> u64 {
                 Some([0x0b, b'x', b'e', b'n'] | [0x0b, b'k', b'v', b'm'])
             ) {
             Some((5, Kind::Other))
-        } else if let Some(insn) = quick::decode(&bytes[pos..], addr + pos as u64) {
-            debug_assert_eq!(Some(insn), decode_one(&bytes[pos..], addr + pos as u64));
-            emit(insn);
-            pos += insn.len as usize;
-            behind = true;
-            continue;
         } else {
             if behind {
                 resync(&mut decoder, pos);

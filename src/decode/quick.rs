@@ -118,48 +118,54 @@ const MAX_LEN: usize = 15;
 /// `code` ends before the instruction does.
 #[inline(always)]
 pub(super) fn decode(code: &[u8], addr: u64) -> Option<Insn> {
-    let first = *code.first()?;
+    // The first 16 bytes (zeros past the end): every byte a form reads lies within the
+    // instruction, so a form that ends within `code` read only bytes of `code`, and the
+    // window is read without a bounds check per byte.
+    let avail = code.len().min(16);
+    let w: [u8; 16] = match code.get(..16) {
+        Some(head) => head.try_into().unwrap_or([0; 16]),
+        None => {
+            let mut w = [0; 16];
+            w[..avail].copy_from_slice(code);
+            w
+        }
+    };
+    let at = |i: usize| w[i & 15];
+    let fits = |len: usize| len <= avail;
+    let first = w[0];
     // The forms with no prefix at all come first: they are most of a kernel's branches.
-    let plain = |len: usize, kind: Kind, op: StackOp| Some(Insn::new(addr, len as u8, kind, 0, op));
+    let plain = |len: usize, kind: Kind, op: StackOp| {
+        fits(len).then(|| Insn::new(addr, len as u8, kind, 0, op))
+    };
     let branch = |len: usize, kind: Kind, rel: i64| {
         let end = addr.wrapping_add(len as u64);
-        Some(Insn::new(
-            addr,
-            len as u8,
-            kind,
-            end.wrapping_add(rel as u64),
-            StackOp::NONE,
-        ))
+        let target = end.wrapping_add(rel as u64);
+        fits(len).then(|| Insn::new(addr, len as u8, kind, target, StackOp::NONE))
     };
+    let rel32 = |i: usize| i32::from_le_bytes([at(i), at(i + 1), at(i + 2), at(i + 3)]) as i64;
     match first {
-        0xe8 | 0xe9 => {
-            let rel = i32::from_le_bytes(code.get(1..5)?.try_into().ok()?) as i64;
-            let kind = if first == 0xe8 {
-                Kind::Call
-            } else {
-                Kind::Jump
-            };
-            return branch(5, kind, rel);
-        }
-        0xeb => return branch(2, Kind::Jump, *code.get(1)? as i8 as i64),
-        0x70..=0x7f => return branch(2, Kind::JumpCond, *code.get(1)? as i8 as i64),
+        0xe8 => return branch(5, Kind::Call, rel32(1)),
+        0xe9 => return branch(5, Kind::Jump, rel32(1)),
+        0xeb => return branch(2, Kind::Jump, w[1] as i8 as i64),
+        0x70..=0x7f => return branch(2, Kind::JumpCond, w[1] as i8 as i64),
         0xc3 => return plain(1, Kind::Return, StackOp::NONE),
         0xcc => return plain(1, Kind::Int3, StackOp::NONE),
         0x90 => return plain(1, Kind::Nop, StackOp::NONE),
         0xc9 => return plain(1, Kind::Other, op(OpKind::Leave, reg::NONE)),
-        0x50..=0x5f => return push_pop(addr, 0, first),
-        0x0f => match *code.get(1)? {
-            0x80..=0x8f => {
-                let rel = i32::from_le_bytes(code.get(2..6)?.try_into().ok()?) as i64;
-                return branch(6, Kind::JumpCond, rel);
+        0x50..=0x5f => return fits(1).then(|| push_pop(addr, 0, first)),
+        0x0f => match w[1] {
+            0x80..=0x8f => return branch(6, Kind::JumpCond, rel32(2)),
+            // Not `ud2; .ascii "xen"` (or "kvm"): the hypervisors' emulation prefix, which
+            // decoding takes as one five-byte instruction.
+            0x0b if !matches!(w[2..5], [b'x', b'e', b'n'] | [b'k', b'v', b'm']) => {
+                return plain(2, Kind::Ud2, StackOp::NONE)
             }
-            0x0b => return plain(2, Kind::Ud2, StackOp::NONE),
             _ => {}
         },
-        0x40..=0x4f if matches!(code.get(1), Some(0x50..=0x5f)) => {
-            return push_pop(addr, first, code[1])
+        0x40..=0x4f if matches!(w[1], 0x50..=0x5f) => {
+            return fits(2).then(|| push_pop(addr, first, w[1]))
         }
-        0x66 if code.get(1) == Some(&0x90) => return plain(2, Kind::Nop, StackOp::NONE),
+        0x66 if w[1] == 0x90 => return plain(2, Kind::Nop, StackOp::NONE),
         _ => {}
     }
 
@@ -167,7 +173,7 @@ pub(super) fn decode(code: &[u8], addr: u64) -> Option<Insn> {
     let mut i = 0;
     let mut osz = false;
     loop {
-        match *code.get(i)? {
+        match w[i] {
             0x66 => osz = true,
             0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 => {}
             _ => break,
@@ -178,15 +184,15 @@ pub(super) fn decode(code: &[u8], addr: u64) -> Option<Insn> {
         }
     }
     let mut rex = 0;
-    if let b @ 0x40..=0x4f = *code.get(i)? {
+    if let b @ 0x40..=0x4f = w[i] {
         rex = b;
         i += 1;
     }
     let wide = rex & 8 != 0;
-    let (form, nop) = match *code.get(i)? {
+    let (form, nop) = match w[i] {
         0x0f => {
             i += 1;
-            let op = *code.get(i)?;
+            let op = w[i];
             (FORMS[256 + op as usize], op == 0x1f)
         }
         op => (FORMS[op as usize], false),
@@ -206,7 +212,7 @@ pub(super) fn decode(code: &[u8], addr: u64) -> Option<Insn> {
     };
     let mut len = i;
     if modrm {
-        let m = *code.get(i)?;
+        let m = at(i);
         let (md, regf, rm) = (m >> 6, (m >> 3) & 7, m & 7);
         let imm = match form {
             Form::Reg0(_) if regf != 0 => return None,
@@ -227,7 +233,7 @@ pub(super) fn decode(code: &[u8], addr: u64) -> Option<Insn> {
             }
         } else {
             let base = if rm == 4 {
-                let sib = *code.get(i + 1)?;
+                let sib = at(i + 1);
                 operand += 1;
                 let base = sib & 7;
                 if base == 5 && md == 0 {
@@ -262,16 +268,19 @@ pub(super) fn decode(code: &[u8], addr: u64) -> Option<Insn> {
     } else {
         len += imm_len(imm);
     }
-    if len > MAX_LEN || len > code.len() {
+    if len > MAX_LEN {
         return None;
     }
-    let kind = if nop { Kind::Nop } else { Kind::Other };
-    plain(len, kind, StackOp::NONE)
+    plain(
+        len,
+        if nop { Kind::Nop } else { Kind::Other },
+        StackOp::NONE,
+    )
 }
 
 /// `push`/`pop` of a general register (`50+r`, `58+r`), after REX `rex` (0 for none).
 #[inline(always)]
-fn push_pop(addr: u64, rex: u8, opcode: u8) -> Option<Insn> {
+fn push_pop(addr: u64, rex: u8, opcode: u8) -> Insn {
     let r = (opcode & 7) | (rex & 1) << 3;
     let kind = if opcode < 0x58 {
         OpKind::PushReg
@@ -279,7 +288,7 @@ fn push_pop(addr: u64, rex: u8, opcode: u8) -> Option<Insn> {
         OpKind::PopReg
     };
     let len = 1 + (rex != 0) as u8;
-    Some(Insn::new(addr, len, Kind::Other, 0, op(kind, r)))
+    Insn::new(addr, len, Kind::Other, 0, op(kind, r))
 }
 
 fn op(kind: OpKind, r: u8) -> StackOp {
@@ -409,7 +418,7 @@ mod tests {
     #[test]
     fn the_common_forms_are_taken() {
         let addr = 0xffff_ffff_8100_0000;
-        let taken: [&[u8]; 14] = [
+        let taken: [&[u8]; 16] = [
             &[0x48, 0x89, 0xc7],                         // mov %rax,%rdi
             &[0x48, 0x8b, 0x47, 0x08],                   // mov 0x8(%rdi),%rax
             &[0x65, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0], // mov %gs:0x0,%rax
@@ -424,13 +433,15 @@ mod tests {
             &[0x48, 0x8d, 0x3d, 0, 0, 0, 0],             // lea 0x0(%rip),%rdi
             &[0x31, 0xc0],                               // xor %eax,%eax
             &[0x48, 0x83, 0xc7, 0x08],                   // add $0x8,%rdi
+            &[0x0f, 0x0b],                               // ud2, at the end of the code
+            &[0x0f, 0x0b, b'x', b'e'],                   // ud2, then not quite "xen"
         ];
         for code in taken {
             assert_eq!(decode(code, addr), decode_one(code, addr), "{code:02x?}");
             assert!(decode(code, addr).is_some(), "{code:02x?}");
         }
         // Stack operations, switch-table loads and the forms iced-x86 alone decodes.
-        let left: [&[u8]; 8] = [
+        let left: [&[u8]; 10] = [
             &[0x48, 0x89, 0xe5],                   // mov %rsp,%rbp
             &[0x48, 0x83, 0xec, 0x10],             // sub $0x10,%rsp
             &[0x48, 0x89, 0x5c, 0x24, 0x08],       // mov %rbx,0x8(%rsp)
@@ -439,6 +450,8 @@ mod tests {
             &[0xff, 0xe0],                         // jmp *%rax
             &[0xf0, 0x48, 0x0f, 0xb1, 0x17],       // lock cmpxchg %rdx,(%rdi)
             &[0xc5, 0xf9, 0xef, 0xc0],             // vpxor %xmm0,%xmm0,%xmm0
+            &[0x0f, 0x0b, b'x', b'e', b'n'],       // Xen's emulation prefix
+            &[0x0f, 0x0b, b'k', b'v', b'm', 0x90], // KVM's
         ];
         for code in left {
             assert_eq!(decode(code, addr), None, "{code:02x?}");
