@@ -39,6 +39,9 @@ enum Form {
     No,
     /// A ModRM operand, any register field, then an immediate: `Kind::Other`, no stack effect.
     ModRm(Imm),
+    /// As `ModRm`, where the register field extends the opcode (`80`, `81`, `83`: the
+    /// arithmetic group; `c0`, `c1`, `d0`–`d3`: shifts and rotates) rather than naming one.
+    Group(Imm),
     /// As `ModRm`, with a memory operand only (`lea`).
     Mem,
     /// As `ModRm`, for `mov r, r/m` (`8a`, `8b`): a memory operand indexed by 8 with no base
@@ -53,6 +56,9 @@ enum Form {
     IncDec,
     /// An immediate to al/ax/eax/rax (`04`, `05`, ...), no ModRM.
     Acc(Imm),
+    /// `mov $imm, %reg` (`b0+r`: one byte; `b8+r`: two, four or, with REX.W, eight bytes),
+    /// no ModRM: the register is in the opcode.
+    MovImm(Imm),
 }
 
 /// The one-byte opcodes with a ModRM operand or accumulator form taken here.
@@ -69,17 +75,19 @@ const fn one_byte(op: u8) -> Form {
         0x63 => ModRm(Imm::None),
         0x69 => ModRm(Imm::Z),
         0x6b => ModRm(Imm::B),
-        0x80 | 0x83 => ModRm(Imm::B),
-        0x81 => ModRm(Imm::Z),
+        0x80 | 0x83 => Group(Imm::B),
+        0x81 => Group(Imm::Z),
         0x84 | 0x85 | 0x88 | 0x89 => ModRm(Imm::None),
         0x8a | 0x8b => Load,
         0x8d => Mem,
         0xa8 => Acc(Imm::B),
         0xa9 => Acc(Imm::Z),
-        0xc0 | 0xc1 => ModRm(Imm::B),
+        0xb0..=0xb7 => MovImm(Imm::B),
+        0xb8..=0xbf => MovImm(Imm::Z),
+        0xc0 | 0xc1 => Group(Imm::B),
         0xc6 => Reg0(Imm::B),
         0xc7 => Reg0(Imm::Z),
-        0xd0..=0xd3 => ModRm(Imm::None),
+        0xd0..=0xd3 => Group(Imm::None),
         0xf6 => Group3(Imm::B),
         0xf7 => Group3(Imm::Z),
         0xfe | 0xff => IncDec,
@@ -189,7 +197,8 @@ pub(super) fn decode(code: &[u8], addr: u64) -> Option<Insn> {
         i += 1;
     }
     let wide = rex & 8 != 0;
-    let (form, nop) = match w[i] {
+    let opcode = w[i];
+    let (form, nop) = match opcode {
         0x0f => {
             i += 1;
             let op = w[i];
@@ -207,9 +216,24 @@ pub(super) fn decode(code: &[u8], addr: u64) -> Option<Insn> {
     let (imm, modrm) = match form {
         Form::No => return None,
         Form::Acc(imm) => (imm, false),
-        Form::ModRm(imm) | Form::Reg0(imm) | Form::Group3(imm) => (imm, true),
+        Form::MovImm(imm) => {
+            if (opcode & 7 | (rex & 1) << 3) == reg::SP {
+                return None;
+            }
+            if imm == Imm::Z && wide {
+                // `movabs $imm64, %reg`.
+                return plain(i + 8, Kind::Other, StackOp::NONE);
+            }
+            (imm, false)
+        }
+        Form::ModRm(imm) | Form::Group(imm) | Form::Reg0(imm) | Form::Group3(imm) => (imm, true),
         Form::Mem | Form::Load | Form::IncDec => (Imm::None, true),
     };
+    // Whether the ModRM register field extends the opcode instead of naming a register.
+    let extends = matches!(
+        form,
+        Form::Group(_) | Form::Reg0(_) | Form::Group3(_) | Form::IncDec
+    );
     let mut len = i;
     if modrm {
         let m = at(i);
@@ -223,7 +247,7 @@ pub(super) fn decode(code: &[u8], addr: u64) -> Option<Insn> {
             _ => imm,
         };
         // A nop's operands are never read: any register or base is fine.
-        if !nop && (regf | (rex & 4) << 1) == reg::SP {
+        if !nop && !extends && (regf | (rex & 4) << 1) == reg::SP {
             return None;
         }
         let mut operand = 1;
@@ -418,7 +442,7 @@ mod tests {
     #[test]
     fn the_common_forms_are_taken() {
         let addr = 0xffff_ffff_8100_0000;
-        let taken: [&[u8]; 16] = [
+        let taken: [&[u8]; 20] = [
             &[0x48, 0x89, 0xc7],                         // mov %rax,%rdi
             &[0x48, 0x8b, 0x47, 0x08],                   // mov 0x8(%rdi),%rax
             &[0x65, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0], // mov %gs:0x0,%rax
@@ -434,6 +458,10 @@ mod tests {
             &[0x31, 0xc0],                               // xor %eax,%eax
             &[0x48, 0x83, 0xc7, 0x08],                   // add $0x8,%rdi
             &[0x0f, 0x0b],                               // ud2, at the end of the code
+            &[0xbe, 0x01, 0, 0, 0],                      // mov $0x1,%esi
+            &[0x48, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8],       // movabs $0x807060504030201,%rax
+            &[0x83, 0xe0, 0xf8],                         // and $0xfffffff8,%eax
+            &[0x48, 0xc1, 0xe0, 0x03],                   // shl $0x3,%rax
             &[0x0f, 0x0b, b'x', b'e'],                   // ud2, then not quite "xen"
         ];
         for code in taken {
@@ -441,9 +469,11 @@ mod tests {
             assert!(decode(code, addr).is_some(), "{code:02x?}");
         }
         // Stack operations, switch-table loads and the forms iced-x86 alone decodes.
-        let left: [&[u8]; 10] = [
+        let left: [&[u8]; 12] = [
             &[0x48, 0x89, 0xe5],                   // mov %rsp,%rbp
             &[0x48, 0x83, 0xec, 0x10],             // sub $0x10,%rsp
+            &[0x48, 0x83, 0xe4, 0xf0],             // and $0xfffffffffffffff0,%rsp
+            &[0x48, 0xbc, 1, 2, 3, 4, 5, 6, 7, 8], // movabs $0x807060504030201,%rsp
             &[0x48, 0x89, 0x5c, 0x24, 0x08],       // mov %rbx,0x8(%rsp)
             &[0x48, 0x8b, 0x45, 0xf8],             // mov -0x8(%rbp),%rax
             &[0x48, 0x8b, 0x04, 0xc5, 0, 0, 0, 0], // mov 0x0(,%rax,8),%rax
