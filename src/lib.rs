@@ -13,6 +13,7 @@
 //! [`check_image`] runs them in that order; the command-line tool, the tests and the
 //! benchmarks all call it.
 
+pub mod alloc;
 pub mod check;
 pub mod decode;
 pub mod graph;
@@ -603,6 +604,11 @@ pub fn describe_function(path: &Path, name: &str) -> Result<Option<String>, Inpu
     }
     Ok(Some(out))
 }
+
+/// The unit tests run on the command's allocator too.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: alloc::HugeAlloc = alloc::HugeAlloc;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use stackval::report::{self, Format};
 
+#[global_allocator]
+static ALLOC: stackval::alloc::HugeAlloc = stackval::alloc::HugeAlloc;
+
 #[derive(Parser)]
 #[command(
     name = "stackval",
