@@ -1,8 +1,9 @@
 //! Decoding: every executable byte of the image is decoded once into a compact [`Insn`]: its
 //! length, what kind of control flow it is, the resolved target of a direct branch, and the one
 //! stack-pointer effect ([`StackOp`]) the stack-state walk needs. iced-x86 decodes whatever the
-//! few simple forms of [`quick`] do not (a sixth of a kernel's instructions, including every one
-//! that touches the stack pointer); the two agree wherever both apply, which the tests show.
+//! few simple forms of [`quick`] do not (about a ninth of a kernel's instructions, including
+//! every one that touches the stack pointer); the two agree wherever both apply, which the
+//! tests show.
 //!
 //! Sections are cut at the boundaries of top-level symbols so that a stray byte of data in one place cannot shift
 //! the instruction stream of the next function, and the pieces are decoded in parallel. A byte
@@ -1302,14 +1303,9 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) -> u64 {
     let mut folded = 0u64;
     // The end of the last run of int3 found too short to fold: not scanned again.
     let mut short_run_end = 0usize;
-    // Whether instructions were decoded without `decoder` since it last decoded: it must be
-    // moved to `pos` before it decodes again.
+    // Whether bytes were decoded without `decoder` (or skipped) since it last decoded: it
+    // must be moved to `pos` before it decodes again.
     let mut behind = false;
-    // After bytes decoded without it, the decoder goes on at `pos` (always inside `bytes`).
-    let resync = |decoder: &mut Decoder<'_>, pos: usize| {
-        let _ = decoder.set_position(pos);
-        decoder.set_ip(addr + pos as u64);
-    };
     while pos < bytes.len() {
         if bytes[pos] == 0xcc && pos >= short_run_end {
             let run = bytes[pos..].iter().take_while(|&&b| b == 0xcc).count();
@@ -1351,7 +1347,9 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) -> u64 {
             Some((5, Kind::Other))
         } else {
             if behind {
-                resync(&mut decoder, pos);
+                // `pos` is always inside `bytes`.
+                let _ = decoder.set_position(pos);
+                decoder.set_ip(addr + pos as u64);
                 behind = false;
             }
             decoder.decode_out(&mut ins);
@@ -1364,8 +1362,7 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) -> u64 {
         };
         emit(Insn::new(addr + pos as u64, len, kind, 0, StackOp::NONE));
         pos += len as usize;
-        resync(&mut decoder, pos);
-        behind = false;
+        behind = true;
     }
     folded
 }

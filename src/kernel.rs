@@ -589,9 +589,7 @@ mod tests {
         let (lo, hi) = (orc.ips[0] - 100, orc.ips[orc.ips.len() - 1] + 100);
         for _ in 0..200_000 {
             let addr = lo + next() % (hi - lo);
-            let i = orc.ips.partition_point(|&ip| ip <= addr);
-            let full = (i > 0).then(|| (orc.ips[i - 1], &orc.entries[i - 1]));
-            assert_eq!(orc.lookup(addr), full, "{addr:#x}");
+            assert_eq!(orc.lookup(addr), full_search(&orc, addr), "{addr:#x}");
         }
     }
 
@@ -641,6 +639,12 @@ mod tests {
         assert!(orc.undefined_over(0x40, 0x1000));
     }
 
+    /// [`Orc::lookup`] by a binary search of the whole table, without the block index.
+    fn full_search(orc: &Orc, addr: u64) -> Option<(u64, &OrcEntry)> {
+        let i = orc.ips.partition_point(|&ip| ip <= addr);
+        (i > 0).then(|| (orc.ips[i - 1], &orc.entries[i - 1]))
+    }
+
     fn check_nearby(ips: Vec<u64>, addrs: Vec<u64>) {
         let entries = ips
             .iter()
@@ -653,9 +657,7 @@ mod tests {
             .iter()
             .flat_map(|&ip| [ip.saturating_sub(1), ip, ip + 1]);
         for addr in addrs.iter().copied().chain(around).chain([0, u64::MAX]) {
-            let i = orc.ips.partition_point(|&ip| ip <= addr);
-            let full = (i > 0).then(|| (orc.ips[i - 1], &orc.entries[i - 1]));
-            assert_eq!(orc.lookup(addr), full, "{addr:#x}");
+            assert_eq!(orc.lookup(addr), full_search(&orc, addr), "{addr:#x}");
         }
         for start in 0..orc.ips.len() + 3 {
             let mut hint = start;

@@ -49,6 +49,15 @@ struct Run {
     stderr: String,
 }
 
+/// Each kernel of [`kernels`], mapped and parsed, handed to `f` with its name.
+fn each_image(mut f: impl FnMut(&str, &stackval::image::Image<'_>)) {
+    for (flavour, path) in kernels() {
+        let map = stackval::map_file(&path).unwrap();
+        let image = stackval::image::Image::parse(&path, &map).unwrap();
+        f(&flavour, &image);
+    }
+}
+
 fn stackval(args: &[&str], image: &PathBuf) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_stackval"))
         .args(["check", "--no-progress"])
@@ -139,9 +148,7 @@ fn debian_kernels_check_to_completion() {
 #[test]
 #[ignore = "downloads Debian kernels; run by scripts/test.sh"]
 fn symbols_looked_up_by_name_match_a_full_search() {
-    for (flavour, path) in kernels() {
-        let map = stackval::map_file(&path).unwrap();
-        let image = stackval::image::Image::parse(&path, &map).unwrap();
+    each_image(|flavour, image| {
         let mut names: Vec<&str> = image
             .symbols
             .iter()
@@ -164,7 +171,7 @@ fn symbols_looked_up_by_name_match_a_full_search() {
                 "{flavour}: {name}"
             );
         }
-    }
+    });
 }
 
 /// The decoder for simple forms (`decode::quick`) agrees with iced-x86 and classification on
@@ -172,12 +179,10 @@ fn symbols_looked_up_by_name_match_a_full_search() {
 #[test]
 #[ignore = "downloads Debian kernels; run by scripts/test.sh"]
 fn quick_decoder_agrees_with_iced_on_every_instruction() {
-    for (flavour, path) in kernels() {
-        let map = stackval::map_file(&path).unwrap();
-        let image = stackval::image::Image::parse(&path, &map).unwrap();
-        let (taken, all) = stackval::decode::compare_quick(&image)
+    each_image(|flavour, image| {
+        let (taken, all) = stackval::decode::compare_quick(image)
             .unwrap_or_else(|at| panic!("{flavour}: the two decoders disagree at {at:#x}"));
         eprintln!("{flavour}: {taken} of {all} instructions decoded without iced-x86");
         assert!(taken * 2 > all, "{flavour}: only {taken} of {all}");
-    }
+    });
 }

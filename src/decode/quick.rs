@@ -1,8 +1,8 @@
 //! The encodings whose [`Insn`] a table says in full, decoded without iced-x86.
 //!
-//! Most of a kernel's instructions are a few simple forms: `mov`, `lea`, `test`, `cmp` and
-//! arithmetic between registers and memory, direct calls and jumps, `push`/`pop` of a
-//! register, `ret` and nops. For those, what a check needs (length, kind, branch target, stack
+//! Most of a kernel's instructions are a few simple forms: `mov`, `lea`, `test`, `cmp`,
+//! arithmetic and shifts between registers and memory, `mov $imm, %reg`, direct calls and
+//! jumps, `push`/`pop` of a register, `ret`, `leave`, `ud2` and nops. For those, what a check needs (length, kind, branch target, stack
 //! effect) follows from the opcode byte, the ModRM and SIB bytes and which prefixes are present,
 //! and reading them costs a fraction of a full decode into an `iced_x86::Instruction` and its
 //! classification. [`decode`] takes exactly those forms and answers `None` for everything
@@ -235,7 +235,7 @@ pub(super) fn decode(code: &[u8], addr: u64) -> Option<Insn> {
         Form::Group(_) | Form::Reg0(_) | Form::Group3(_) | Form::IncDec
     );
     let mut len = i;
-    if modrm {
+    let imm = if modrm {
         let m = at(i);
         let (md, regf, rm) = (m >> 6, (m >> 3) & 7, m & 7);
         let imm = match form {
@@ -288,10 +288,12 @@ pub(super) fn decode(code: &[u8], addr: u64) -> Option<Insn> {
                 _ => 0,
             };
         }
-        len += operand + imm_len(imm);
+        len += operand;
+        imm
     } else {
-        len += imm_len(imm);
-    }
+        imm
+    };
+    len += imm_len(imm);
     if len > MAX_LEN {
         return None;
     }
