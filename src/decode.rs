@@ -728,6 +728,8 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
     let pieces = pieces(image);
     let batches = batches(&pieces, batch);
     let bytes: usize = pieces.iter().map(|p| p.1.len()).sum();
+    let mut sections: Vec<(u64, &[u8])> = image.exec_sections().map(|s| (s.addr, s.data)).collect();
+    sections.sort_unstable_by_key(|s| s.0);
     crate::lap("decode: pieces");
 
     // An instruction takes at least a byte: `bytes` slots always suffice. Only the ones
@@ -797,11 +799,12 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
                     std::thread::yield_now();
                 };
                 let mut marks = Vec::new();
-                let (n, more) = decode_batch(batch, &mut marks, &mut starts, |k, insn| {
-                    // SAFETY: slots from `start` belong to batch b alone until it is committed
-                    // (below); no batch after it gets a place before.
-                    unsafe { slots.write(start + k, insn) }
-                });
+                let (n, more) =
+                    decode_batch(batch, &sections, &mut marks, &mut starts, |k, insn| {
+                        // SAFETY: slots from `start` belong to batch b alone until it is committed
+                        // (below); no batch after it gets a place before.
+                        unsafe { slots.write(start + k, insn) }
+                    });
                 folded.fetch_add(more, Ordering::Relaxed);
                 // SAFETY: as above; the slots were all written just now.
                 let here = unsafe { slots.slice_mut(start, n) };
@@ -822,9 +825,10 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
                 d.batch = b;
                 d.insns.clear();
                 d.marks.clear();
-                let (_, more) = decode_batch(batch, &mut d.marks, &mut starts, |_, insn| {
-                    d.insns.push(insn)
-                });
+                let (_, more) =
+                    decode_batch(batch, &sections, &mut d.marks, &mut starts, |_, insn| {
+                        d.insns.push(insn)
+                    });
                 folded.fetch_add(more, Ordering::Relaxed);
                 resolve_local(&mut d.insns, &d.marks, &starts);
                 let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -928,16 +932,19 @@ impl Queue {
 /// Decodes one batch's pieces, handing each instruction to `put` with its index in the batch
 /// and noting in `marks` the indexes of those [`Sides`] keeps. Returns how many instructions
 /// were handed over and how many more machine instructions they stand for (see [`INT3_RUN`]).
-fn decode_batch(
-    batch: &[(u64, &[u8])],
+fn decode_batch<'d>(
+    batch: &[(u64, &'d [u8])],
+    sections: &[(u64, &'d [u8])],
     marks: &mut Vec<u32>,
     starts: &mut Starts,
     mut put: impl FnMut(usize, Insn),
 ) -> (usize, u64) {
     let (mut n, mut folded) = (0, 0);
     starts.reset(batch);
+    let mut iced = Iced::default();
     for &(addr, code) in batch {
-        folded += decode_with(addr, code, |insn| {
+        let (data, start) = enclosing(sections, addr, code);
+        folded += decode_with(addr, data, start, code.len(), &mut iced, |insn| {
             if Sides::wanted(&insn) {
                 marks.push(n as u32);
             }
@@ -947,6 +954,41 @@ fn decode_batch(
         });
     }
     (n, folded)
+}
+
+/// The section of `sections` (sorted by address) that `code`, at `addr`, was cut from, and
+/// where in it `code` starts; `code` itself (at 0) if none holds it.
+fn enclosing<'d>(sections: &[(u64, &'d [u8])], addr: u64, code: &'d [u8]) -> (&'d [u8], usize) {
+    let i = sections.partition_point(|s| s.0 <= addr);
+    if let Some(&(at, data)) = i.checked_sub(1).and_then(|i| sections.get(i)) {
+        let start = (addr - at) as usize;
+        // The same bytes, not just the same addresses: sections may overlap in address.
+        if data.get(start..start + code.len()).map(<[u8]>::as_ptr) == Some(code.as_ptr()) {
+            return (data, start);
+        }
+    }
+    (code, 0)
+}
+
+/// iced-x86's decoder, kept from piece to piece over the bytes of their section: making one
+/// copies a few hundred bytes of state, and a kernel has some 85 thousand pieces (it was 4% of
+/// the instructions a check executed).
+#[derive(Default)]
+struct Iced<'d> {
+    decoder: Option<Decoder<'d>>,
+    over: Option<&'d [u8]>,
+}
+
+impl<'d> Iced<'d> {
+    /// The decoder over `data`, made if it is over other bytes.
+    fn over(&mut self, data: &'d [u8]) -> &mut Decoder<'d> {
+        if self.over.is_none_or(|o| !std::ptr::eq(o, data)) {
+            self.over = Some(data);
+            self.decoder = None;
+        }
+        self.decoder
+            .get_or_insert_with(|| Decoder::with_ip(64, data, 0, DecoderOptions::NONE))
+    }
 }
 
 /// The instructions of interest to whole-image scans, kept aside so those scans need not read
@@ -1280,7 +1322,9 @@ fn search_near(list: &[Insn], from: usize, addr: u64) -> Option<usize> {
 
 /// Decodes `bytes`, which live at `addr`, appending to `out`.
 pub fn decode_into(addr: u64, bytes: &[u8], out: &mut Vec<Insn>) {
-    decode_with(addr, bytes, |insn| out.push(insn));
+    decode_with(addr, bytes, 0, bytes.len(), &mut Iced::default(), |insn| {
+        out.push(insn)
+    });
 }
 
 /// A run of at least this many int3 bytes is kept as one [`Kind::Int3`] entry per 255 bytes
@@ -1293,19 +1337,28 @@ pub fn decode_into(addr: u64, bytes: &[u8], out: &mut Vec<Insn>) {
 /// return or an indirect jump, stay one entry per byte.
 pub const INT3_RUN: usize = 16;
 
-/// Decodes `bytes`, which live at `addr`, handing each instruction to `emit` in order.
-/// Returns how many more instructions there are than entries emitted (see [`INT3_RUN`]).
-fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) -> u64 {
+/// Decodes `data[start..start + len]`, which lives at `addr`, handing each instruction to
+/// `emit` in order; an instruction that would run past `len` bytes is undecodable, as if
+/// `data` ended there (`iced`'s decoder reads `data` whole: see [`Iced`]). Returns how many
+/// more instructions there are than entries emitted (see [`INT3_RUN`]).
+fn decode_with<'d>(
+    addr: u64,
+    data: &'d [u8],
+    start: usize,
+    len: usize,
+    iced: &mut Iced<'d>,
+    mut emit: impl FnMut(Insn),
+) -> u64 {
     let classes = classes();
-    let mut decoder = Decoder::with_ip(64, bytes, addr, DecoderOptions::NONE);
+    let bytes = &data[start..start + len];
     let mut ins = Instruction::default();
     let mut pos = 0usize;
     let mut folded = 0u64;
     // The end of the last run of int3 found too short to fold: not scanned again.
     let mut short_run_end = 0usize;
-    // Whether bytes were decoded without `decoder` (or skipped) since it last decoded: it
-    // must be moved to `pos` before it decodes again.
-    let mut behind = false;
+    // Whether bytes were decoded without iced-x86's decoder (or skipped) since it last
+    // decoded here: it must be moved to `pos` before it decodes again.
+    let mut behind = true;
     while pos < bytes.len() {
         if bytes[pos] == 0xcc && pos >= short_run_end {
             let run = bytes[pos..].iter().take_while(|&&b| b == 0xcc).count();
@@ -1346,14 +1399,17 @@ fn decode_with(addr: u64, bytes: &[u8], mut emit: impl FnMut(Insn)) -> u64 {
             ) {
             Some((5, Kind::Other))
         } else {
+            let decoder = iced.over(data);
             if behind {
-                // `pos` is always inside `bytes`.
-                let _ = decoder.set_position(pos);
+                // `start + pos` is always inside `data`.
+                let _ = decoder.set_position(start + pos);
                 decoder.set_ip(addr + pos as u64);
                 behind = false;
             }
             decoder.decode_out(&mut ins);
-            ins.is_invalid().then_some((1, Kind::Invalid))
+            // Reading on past the piece's end would not have decoded within it: iced-x86 gives
+            // an instruction only when all its bytes are there.
+            (ins.is_invalid() || ins.len() > bytes.len() - pos).then_some((1, Kind::Invalid))
         };
         let Some((len, kind)) = special else {
             emit(classify(classes, &ins));
@@ -1845,6 +1901,44 @@ mod tests {
     }
 
     #[test]
+    fn a_piece_decodes_alike_alone_and_within_its_section() {
+        // Instructions iced-x86 decodes (rsp operands, a `lock`, a VEX form) between ones the
+        // quick decoder takes; every cut makes a piece whose last instruction may run past its
+        // end, which must be undecodable there as it is in the piece alone.
+        let code: &[u8] = &[
+            0x48, 0x83, 0xec, 0x18, // sub $0x18,%rsp
+            0x48, 0x89, 0x5c, 0x24, 0x08, // mov %rbx,0x8(%rsp)
+            0xf0, 0x48, 0x0f, 0xb1, 0x17, // lock cmpxchg %rdx,(%rdi)
+            0x48, 0x8b, 0x07, // mov (%rdi),%rax
+            0xc5, 0xf9, 0x6f, 0x06, // vmovdqa (%rsi),%xmm0
+            0x48, 0x81, 0xc4, 0x00, 0x01, 0x00, 0x00, // add $0x100,%rsp
+            0xe8, 0x00, 0x00, 0x00, 0x00, // call
+            0xc3,
+        ];
+        let alone = |lo: usize, hi: usize| {
+            let mut out = Vec::new();
+            decode_into(BASE + lo as u64, &code[lo..hi], &mut out);
+            out
+        };
+        let within = |lo: usize, hi: usize, iced: &mut Iced<'_>| {
+            let mut out = Vec::new();
+            decode_with(BASE + lo as u64, code, lo, hi - lo, iced, |i| out.push(i));
+            out
+        };
+        // One decoder for every piece, as a batch keeps it.
+        let mut iced = Iced::default();
+        let mut undecodable = 0;
+        for lo in 0..code.len() {
+            for hi in lo..=code.len() {
+                let got = within(lo, hi, &mut iced);
+                assert_eq!(got, alone(lo, hi), "{lo}..{hi}");
+                undecodable += got.iter().filter(|i| i.kind == Kind::Invalid).count();
+            }
+        }
+        assert!(undecodable > 0, "no cut ran an instruction past its piece");
+    }
+
+    #[test]
     fn hypervisor_emulation_prefix_is_one_instruction() {
         let mut out = Vec::new();
         // ud2; "xen"; cpuid
@@ -1870,7 +1964,9 @@ mod tests {
         bytes.extend([0xcc; 20]);
         bytes.extend([0xb8, 1, 0, 0, 0, 0xc3]);
         let mut out = Vec::new();
-        let folded = decode_with(BASE, &bytes, |i| out.push(i));
+        let folded = decode_with(BASE, &bytes, 0, bytes.len(), &mut Iced::default(), |i| {
+            out.push(i)
+        });
         let shape: Vec<(u8, Kind)> = out.iter().map(|i| (i.len, i.kind)).collect();
         let mut want = vec![(1, Kind::Return), (1, Kind::Int3), (1, Kind::Nop)];
         want.extend([(1, Kind::Int3); INT3_RUN - 1]);
