@@ -1,9 +1,9 @@
 //! Decoding: every executable byte of the image is decoded once into a compact [`Insn`]: its
 //! length, what kind of control flow it is, the resolved target of a direct branch, and the one
 //! stack-pointer effect ([`StackOp`]) the stack-state walk needs. iced-x86 decodes whatever the
-//! few simple forms of [`quick`] do not (about a ninth of a kernel's instructions, including
-//! every one that touches the stack pointer); the two agree wherever both apply, which the
-//! tests show.
+//! simple forms of [`quick`] do not (about one in forty of a kernel's instructions, among
+//! them every one that names the stack pointer as a register); the two agree wherever both
+//! apply, which the tests show.
 //!
 //! Sections are cut at the boundaries of top-level symbols so that a stray byte of data in one place cannot shift
 //! the instruction stream of the next function, and the pieces are decoded in parallel. A byte

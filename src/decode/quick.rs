@@ -2,17 +2,20 @@
 //!
 //! Most of a kernel's instructions are a few simple forms: `mov`, `lea`, `test`, `cmp`,
 //! arithmetic and shifts between registers and memory, `mov $imm, %reg`, direct calls and
-//! jumps, `push`/`pop` of a register, `ret`, `leave`, `ud2` and nops. For those, what a check needs (length, kind, branch target, stack
-//! effect) follows from the opcode byte, the ModRM and SIB bytes and which prefixes are present,
-//! and reading them costs a fraction of a full decode into an `iced_x86::Instruction` and its
-//! classification. [`decode`] takes exactly those forms and answers `None` for everything
-//! else, which then goes to iced-x86 as before:
+//! jumps, `push`/`pop` of a register, `ret`, `leave`, `ud2` and nops. For those, what a check
+//! needs (length, kind, branch target, stack effect) follows from the opcode byte, the ModRM
+//! and SIB bytes and which prefixes are present, and reading them costs a fraction of a full
+//! decode into an `iced_x86::Instruction` and its classification. Memory operands in the stack
+//! frame (based on rsp or rbp) are among them: a 64-bit register saved there (`mov %reg,
+//! disp(%rsp)`) or restored (`mov disp(%rbp), %reg`) and `lea disp(%rsp), %reg` are the
+//! stack operations [`super::stack_op`] gives them; any other use of such a slot has none.
+//! [`decode`] takes exactly those forms and answers `None` for everything else, which then goes
+//! to iced-x86 as before:
 //!
 //! - any prefix other than the segment overrides, the operand-size prefix and one REX right
 //!   before the opcode (no `lock`, `rep`, address-size, VEX or EVEX);
-//! - any form that names rsp (or, in a memory operand, rsp or rbp as its base) in any
-//!   operand, whatever its width: those are the instructions that can have a stack effect, and
-//!   their classification stays with iced-x86 and [`super::stack_op`];
+//! - any form that names rsp as a register operand, whatever its width: the adjustments of
+//!   rsp, copies to and from it and the rest stay with iced-x86 and [`super::stack_op`];
 //! - `mov table(,%idx,8), %reg`, the load of a switch table ([`Kind::TableLoad`]).
 //!
 //! What it does decode it decodes exactly as iced-x86 and classification would: the tests
@@ -235,6 +238,8 @@ pub(super) fn decode(code: &[u8], addr: u64) -> Option<Insn> {
         Form::Group(_) | Form::Reg0(_) | Form::Group3(_) | Form::IncDec
     );
     let mut len = i;
+    // The stack operation of a form whose memory operand is a slot of the stack frame.
+    let mut frame = StackOp::NONE;
     let imm = if modrm {
         let m = at(i);
         let (md, regf, rm) = (m >> 6, (m >> 3) & 7, m & 7);
@@ -256,10 +261,12 @@ pub(super) fn decode(code: &[u8], addr: u64) -> Option<Insn> {
                 return None;
             }
         } else {
+            let mut indexed = false;
             let base = if rm == 4 {
                 let sib = at(i + 1);
                 operand += 1;
                 let base = sib & 7;
+                indexed = ((sib >> 3) & 7 | (rex & 2) << 2) != reg::SP;
                 if base == 5 && md == 0 {
                     // No base: a 32-bit address, maybe plus a scaled index. Indexed by 8,
                     // `mov table(,%idx,8), %reg` is a switch-table load.
@@ -279,8 +286,22 @@ pub(super) fn decode(code: &[u8], addr: u64) -> Option<Insn> {
             } else {
                 Some(rm | (rex & 1) << 3)
             };
-            if !nop && matches!(base, Some(reg::SP | reg::BP)) {
-                return None;
+            if let Some(b @ (reg::SP | reg::BP)) = base.filter(|_| !nop) {
+                // A slot of the stack frame: a 64-bit register saved to or restored from
+                // it, or its address taken, is a stack operation.
+                let disp = match md {
+                    1 => at(i + operand) as i8 as i64,
+                    2 => rel32(i + operand),
+                    _ => 0,
+                };
+                let r = regf | (rex & 4) << 1;
+                frame = match opcode {
+                    _ if indexed || !wide => StackOp::NONE,
+                    0x89 => StackOp::new(OpKind::Store, r, b, disp),
+                    0x8b => StackOp::new(OpKind::Load, r, b, disp),
+                    0x8d if b == reg::SP => StackOp::new(OpKind::LeaFromSp, r, b, disp),
+                    _ => StackOp::NONE,
+                };
             }
             operand += match md {
                 1 => 1,
@@ -297,11 +318,7 @@ pub(super) fn decode(code: &[u8], addr: u64) -> Option<Insn> {
     if len > MAX_LEN {
         return None;
     }
-    plain(
-        len,
-        if nop { Kind::Nop } else { Kind::Other },
-        StackOp::NONE,
-    )
+    plain(len, if nop { Kind::Nop } else { Kind::Other }, frame)
 }
 
 /// `push`/`pop` of a general register (`50+r`, `58+r`), after REX `rex` (0 for none).
@@ -444,7 +461,7 @@ mod tests {
     #[test]
     fn the_common_forms_are_taken() {
         let addr = 0xffff_ffff_8100_0000;
-        let taken: [&[u8]; 20] = [
+        let taken: [&[u8]; 24] = [
             &[0x48, 0x89, 0xc7],                         // mov %rax,%rdi
             &[0x48, 0x8b, 0x47, 0x08],                   // mov 0x8(%rdi),%rax
             &[0x65, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0], // mov %gs:0x0,%rax
@@ -465,6 +482,10 @@ mod tests {
             &[0x83, 0xe0, 0xf8],                         // and $0xfffffff8,%eax
             &[0x48, 0xc1, 0xe0, 0x03],                   // shl $0x3,%rax
             &[0x0f, 0x0b, b'x', b'e'],                   // ud2, then not quite "xen"
+            &[0x48, 0x89, 0x5c, 0x24, 0x08],             // mov %rbx,0x8(%rsp)
+            &[0x48, 0x8b, 0x45, 0xf8],                   // mov -0x8(%rbp),%rax
+            &[0x4c, 0x8d, 0x64, 0x24, 0x10],             // lea 0x10(%rsp),%r12
+            &[0x8b, 0x44, 0x24, 0x0c],                   // mov 0xc(%rsp),%eax
         ];
         for code in taken {
             assert_eq!(decode(code, addr), decode_one(code, addr), "{code:02x?}");
@@ -476,8 +497,8 @@ mod tests {
             &[0x48, 0x83, 0xec, 0x10],             // sub $0x10,%rsp
             &[0x48, 0x83, 0xe4, 0xf0],             // and $0xfffffffffffffff0,%rsp
             &[0x48, 0xbc, 1, 2, 3, 4, 5, 6, 7, 8], // movabs $0x807060504030201,%rsp
-            &[0x48, 0x89, 0x5c, 0x24, 0x08],       // mov %rbx,0x8(%rsp)
-            &[0x48, 0x8b, 0x45, 0xf8],             // mov -0x8(%rbp),%rax
+            &[0x48, 0x89, 0x24, 0x24],             // mov %rsp,(%rsp)
+            &[0x48, 0x8b, 0x65, 0xf8],             // mov -0x8(%rbp),%rsp
             &[0x48, 0x8b, 0x04, 0xc5, 0, 0, 0, 0], // mov 0x0(,%rax,8),%rax
             &[0xff, 0xe0],                         // jmp *%rax
             &[0xf0, 0x48, 0x0f, 0xb1, 0x17],       // lock cmpxchg %rdx,(%rdi)
