@@ -783,6 +783,11 @@ fn is_boundary_marker(name: &str) -> bool {
 
 /// The parent's name of a `.cold` part: `foo` for `foo.cold` and `foo.cold.12`.
 pub fn cold_parent_name(name: &str) -> Option<&str> {
+    // Most names have no dot at all: a byte scan settles them before the costlier substring
+    // search (it is asked of every function).
+    if !name.as_bytes().contains(&b'.') {
+        return None;
+    }
     let i = name.rfind(".cold")?;
     let rest = &name[i + 5..];
     (rest.is_empty()
