@@ -624,23 +624,24 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
     }
 
     /// Walks one straight-line stretch of a path, queueing the branches it meets.
-    fn path(&mut self, p: Pending) -> Result<(), Stop> {
+    fn path(&mut self, mut p: Pending) -> Result<(), Stop> {
         let ctx = self.ctx;
         let insns = ctx.insns;
         let fp = ctx.cfg.frame_pointer;
+        // The state is walked in place, in `p`: a copy is 152 bytes.
         let Pending {
             mut id,
             mut home,
-            mut state,
             mut mode,
             confirmed,
+            ..
         } = p;
         // What the ORC table confirmed of the path's state when it was queued.
         self.orc_confirmed = confirmed;
         loop {
             if mode == Mode::FallFrom {
                 if home == Some(self.f) {
-                    match self.plain_run(id, &state) {
+                    match self.plain_run(id, &p.state) {
                         Some(last) => id = last,
                         None => return Ok(()),
                     }
@@ -653,8 +654,8 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 let first_visit = self.visit(id);
                 if ctx.graph.is_target(id) {
                     if let Some(prev) = self.b.states.get(id).map(|k| &self.b.saved[k as usize]) {
-                        if let Some(detail) = prev.mismatch(&state) {
-                            return Err(Stop(if fp && prev.frame_pointer_mismatch(&state) {
+                        if let Some(detail) = prev.mismatch(&p.state) {
+                            return Err(Stop(if fp && prev.frame_pointer_mismatch(&p.state) {
                                 Finding::new(FindingKind::FramePointerMismatch, insn.addr)
                             } else {
                                 Finding::with(
@@ -666,7 +667,10 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                         }
                     } else {
                         self.b.states.insert(id, self.b.saved.len() as u32);
-                        self.b.saved.push(state);
+                        // Straight from `p` into the list: `push` copies the state twice.
+                        self.b
+                            .saved
+                            .extend_from_slice(std::slice::from_ref(&p.state));
                     }
                 }
                 if !first_visit {
@@ -680,14 +684,14 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                         Some(e) if e.kind != OrcType::Call => return Ok(()),
                         Some(e) if self.hint_walk => {
                             if let Some(hinted) = orc::hint_state(e) {
-                                state = hinted;
+                                p.state = hinted;
                                 self.orc_confirmed = NOT_CONFIRMED;
                             }
                         }
                         _ => {}
                     }
                 } else if let Some(orc) = ctx.orc {
-                    self.verify_orc(orc, insn.addr, &state);
+                    self.verify_orc(orc, insn.addr, &p.state);
                 }
                 // Paths the kernel's tables add, walked first, with the state before this
                 // instruction; the instruction itself resumes afterwards.
@@ -698,14 +702,14 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                         self.b.work.push(Pending {
                             id,
                             home,
-                            state,
+                            state: p.state,
                             mode: Mode::Execute,
                             confirmed: self.orc_confirmed,
                         });
                     }
                     for i in (0..self.b.extra.len()).rev() {
                         let d = self.b.extra[i];
-                        self.follow(d, home, insn.addr, state)?;
+                        self.follow(d, home, insn.addr, p.state)?;
                     }
                     return Ok(());
                 }
@@ -715,7 +719,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             // frame exists, and patched to a nop at boot) and calls into the middle of an
             // instruction (the SRSO/retbleed thunks hide code inside other instructions).
             // Intra-function calls (retpolines, RSB stuffing) are jumps that push, not calls.
-            if fp && matches!(step, Step::Call(_) | Step::CallIndirect) && !state.has_frame() {
+            if fp && matches!(step, Step::Call(_) | Step::CallIndirect) && !p.state.has_frame() {
                 let special_call = match step {
                     Step::Call(Dest::Entry(g)) => ctx.graph.func(g).name == "__fentry__",
                     Step::Call(Dest::Nowhere | Dest::Local(_)) => true,
@@ -730,14 +734,14 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             if op.kind != crate::decode::OpKind::None {
                 self.orc_confirmed = NOT_CONFIRMED;
             }
-            if let Err(e) = state.apply(&op) {
+            if let Err(e) = p.state.apply(&op) {
                 // objtool's exception: an rsp change it cannot follow is fine when the next
                 // instruction carries an unwind hint that says what the state is. In code
                 // outside functions the hints survive as ORC entries.
                 if home.is_none() {
                     let next_hint = ctx.tables.orc.as_ref().and_then(|o| o.at(insn.end()));
                     if let Some(hinted) = next_hint.and_then(orc::hint_state) {
-                        state = hinted;
+                        p.state = hinted;
                         mode = Mode::FallFrom;
                         continue;
                     }
@@ -755,7 +759,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     // iretq in a function must pop a frame the function built itself
                     // (sync_core()'s iret-to-self); anything else leaves the function.
                     if insn.kind == Kind::Iretq
-                        && (state.stack_size < 8 || !iret_frame_built(insns, id))
+                        && (p.state.stack_size < 8 || !iret_frame_built(insns, id))
                     {
                         return Err(Stop(Finding::new(FindingKind::KernelEntryExit, insn.addr)));
                     }
@@ -776,7 +780,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     // A call to code of the same function, or within code outside functions
                     // (retpolines, RSB stuffing): the return address stays on the stack for
                     // the code at the target, and nothing returns to after the call.
-                    let mut pushed = state;
+                    let mut pushed = p.state;
                     pushed.slot(8).map_err(|_| {
                         Stop(Finding::new(FindingKind::UndefinedStackState, insn.addr))
                     })?;
@@ -798,12 +802,12 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                         self.b.work.push(Pending {
                             id,
                             home,
-                            state,
+                            state: p.state,
                             mode: Mode::FallFrom,
                             confirmed: self.orc_confirmed,
                         });
                     }
-                    match self.dest(d, home, insn.addr, &state)? {
+                    match self.dest(d, home, insn.addr, &p.state)? {
                         Some((target, target_home)) => {
                             (id, home, mode) = (target, target_home, Mode::Enter);
                             continue;
@@ -816,21 +820,21 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                         self.b.work.push(Pending {
                             id: t,
                             home,
-                            state,
+                            state: p.state,
                             mode: Mode::Enter,
                             confirmed: self.orc_confirmed,
                         });
                     }
                     return Ok(());
                 }
-                Step::Dynamic | Step::FarJump => return self.sibling(insn.addr, &state),
+                Step::Dynamic | Step::FarJump => return self.sibling(insn.addr, &p.state),
                 Step::Return | Step::CondReturn
-                    if state.intra != 0 && state.intra == state.stack_size =>
+                    if p.state.intra != 0 && p.state.intra == p.state.stack_size =>
                 {
                     // The retpoline's `ret`: it pops the slot an intra-function call pushed
                     // and overwrote with the target, so it is an indirect tail call made with
                     // the frame as it was before that call.
-                    let mut popped = state;
+                    let mut popped = p.state;
                     popped.intra = 0;
                     popped.slot(-8).map_err(|_| {
                         Stop(Finding::new(FindingKind::UndefinedStackState, insn.addr))
@@ -841,7 +845,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     }
                 }
                 Step::Return | Step::CondReturn => {
-                    if state.modified() && !self.hint_walk {
+                    if p.state.modified() && !self.hint_walk {
                         return Err(Stop(Finding::new(
                             FindingKind::ReturnModifiedFrame,
                             insn.addr,
