@@ -25,26 +25,30 @@ pub type InsnId = u32;
 /// `Insn::target_id` of an instruction with no resolved target.
 pub const NO_INSN: InsnId = InsnId::MAX;
 
+/// The order groups the kinds that the hottest tests ask for, so that each is one range check:
+/// those that only go on to the next instruction ([`crate::graph::goes_on`]) first, with
+/// `Other` at 0 (an all-zero [`Insn`] is a valid one); then the direct branches
+/// ([`Insn::is_branch`]), followed by the two other kinds the side lists keep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Kind {
     Other,
     Nop,
-    Call,
-    CallIndirect,
-    Jump,
-    JumpIndirect,
-    JumpCond,
-    Return,
-    /// syscall, sysret, sysenter, sysexit, 32-bit iret, far return: kernel entry or exit.
-    ContextSwitch,
-    /// 64-bit iretq: a context switch, except sync_core()'s iret-to-self inside a function.
-    Iretq,
-    Ud2,
-    Int3,
-    Halt,
     /// `mov table(,%idx,8), %reg`: a load that may feed an indirect jump through a switch table.
     TableLoad,
+    Int3,
+    Halt,
+    /// 64-bit iretq: a context switch, except sync_core()'s iret-to-self inside a function.
+    Iretq,
+    Call,
+    Jump,
+    JumpCond,
+    Return,
+    JumpIndirect,
+    CallIndirect,
+    /// syscall, sysret, sysenter, sysexit, 32-bit iret, far return: kernel entry or exit.
+    ContextSwitch,
+    Ud2,
     /// `ljmp`: a jump to another code segment (real mode, 32-bit code): it never comes back.
     FarJump,
     Invalid,
