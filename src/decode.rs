@@ -750,7 +750,12 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
     let queue = std::sync::Mutex::new(Queue::default());
     // Scratch lists of batches placed by another worker, for reuse.
     let spare: std::sync::Mutex<Vec<Decoded>> = std::sync::Mutex::new(Vec::new());
-    let sorted = std::sync::atomic::AtomicBool::new(true);
+    // Each piece's instructions start inside it, in increasing order: when no piece overlaps
+    // the next, the whole list is in order. (Overlapping executable sections: no real kernel
+    // has them, but an input may; such a list is sorted once decoded.)
+    let sorted = pieces
+        .windows(2)
+        .all(|w| w[0].0 + w[0].1.len() as u64 <= w[1].0);
     let batch_sides: Vec<std::sync::OnceLock<Sides>> = (0..batches.len())
         .map(|_| std::sync::OnceLock::new())
         .collect();
@@ -767,21 +772,15 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
                   placed: &[Insn],
                   marks: &[u32],
                   sides: &mut Sides| {
-        let Some(first) = placed.first() else {
+        if placed.is_empty() {
             let _ = batch_sides[b].set(Sides::default());
             return;
-        };
+        }
         sides.clear();
         sides.collect(placed, marks.iter().map(|&k| k as usize), start as InsnId);
         // A clone has no spare capacity: the worker's lists keep theirs for the next batch.
         let _ = batch_sides[b].set(sides.clone());
-        if prev_last.is_some_and(|l| l >= first.addr) {
-            sorted.store(false, Ordering::Relaxed);
-        }
-        // The previous batch's last instruction comes before this batch's first.
-        if !index_blocks(&index, &block, prev_last.and_then(block), placed, start) {
-            sorted.store(false, Ordering::Relaxed);
-        }
+        index_blocks(&index, &block, prev_last.and_then(block), placed, start);
     };
     rayon::broadcast(|_| {
         let mut starts = Starts::new(big);
@@ -854,8 +853,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
     list.truncate(len);
     crate::lap("decode: batches");
 
-    if !sorted.into_inner() {
-        // Overlapping executable sections: no real kernel has them, but an input may.
+    if !sorted {
         let mut v = list.to_vec();
         v.sort_by_key(|i| i.addr);
         v.dedup_by_key(|i| i.addr);
@@ -1089,20 +1087,15 @@ impl Sides {
 /// or after the starts of the blocks after the one of the instruction before it, up to its own
 /// (`prev`: the block of the instruction before `insns[0]`, if any). `index` has one entry per
 /// block and one more (the list's length, not written here); each block is written by one
-/// instruction, and an instruction outside the blocks writes none. Returns whether `insns` are
-/// in strictly increasing address order.
+/// instruction, and an instruction outside the blocks writes none.
 fn index_blocks(
     index: &[std::sync::atomic::AtomicU32],
     block: &impl Fn(u64) -> Option<usize>,
     mut prev: Option<usize>,
     insns: &[Insn],
     base: usize,
-) -> bool {
-    let mut sorted = true;
-    let mut last = None;
+) {
     for (k, insn) in insns.iter().enumerate() {
-        sorted &= last.is_none_or(|l| l < insn.addr);
-        last = Some(insn.addr);
         let Some(cur) = block(insn.addr).filter(|&c| c + 1 < index.len()) else {
             continue;
         };
@@ -1115,7 +1108,6 @@ fn index_blocks(
         }
         prev = Some(prev.map_or(cur, |p| p.max(cur)));
     }
-    sorted
 }
 
 /// The list's slots, written by several threads at once, each to its own range.
@@ -1242,11 +1234,13 @@ impl Starts {
     }
 
     fn reset(&mut self, batch: &[(u64, &[u8])]) {
-        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+        let Some(first) = batch.first() else {
             self.on = false;
             return;
         };
-        let span = (last.0 + last.1.len() as u64).saturating_sub(first.0) as usize;
+        // The furthest end, not the last piece's: pieces of overlapping sections may nest.
+        let end = batch.iter().map(|p| p.0 + p.1.len() as u64).max();
+        let span = end.unwrap_or(first.0).saturating_sub(first.0) as usize;
         let bytes: usize = batch.iter().map(|p| p.1.len()).sum();
         self.on = span <= bytes.saturating_mul(2) && span <= self.max_span;
         if self.on && self.slots.len() < span {

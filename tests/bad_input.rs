@@ -383,3 +383,45 @@ fn stripped_image() {
     );
     assert_rejected(&dir, &path, &["no symbol table"]);
 }
+
+/// Executable sections whose addresses overlap (`ld --no-check-sections` links them; no kernel
+/// has them) are decoded and checked, section by section, rather than crashing the decoder: a
+/// batch of pieces used to size its table of instruction starts by its last piece's end, which
+/// a piece nested in an earlier one cuts short.
+#[test]
+fn overlapping_code_sections_are_checked() {
+    let dir = tmpdir("overlap");
+    let src = dir.join("x.S");
+    let obj = dir.join("x.o");
+    let elf = dir.join("x.elf");
+    fs::write(
+        &src,
+        format!(
+            "{SOURCE}.section .othertext,\"ax\",@progbits\n.globl g\n.type g,@function\ng: nop; nop; ret\n.size g,.-g\n"
+        ),
+    )
+    .unwrap();
+    run_tool("gcc", &["-c", s(&src), "-o", s(&obj)]);
+    run_tool(
+        "ld",
+        &[
+            "-o",
+            s(&elf),
+            "--no-check-sections",
+            "-Ttext=0xffffffff81000000",
+            "--section-start=.othertext=0xffffffff81000002",
+            "-e",
+            "f",
+            s(&obj),
+        ],
+    );
+    let run = stackval(&dir, &elf);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    assert!(
+        matches!(run.code, Some(0 | 1)),
+        "exit status {:?}; stderr:\n{}",
+        run.code,
+        run.stderr
+    );
+    assert!(run.stderr.contains("2 functions"), "{}", run.stderr);
+}
