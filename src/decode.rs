@@ -973,8 +973,8 @@ fn enclosing<'d>(sections: &[(u64, &'d [u8])], addr: u64, code: &'d [u8]) -> (&'
 }
 
 /// iced-x86's decoder, kept from piece to piece over the bytes of their section: making one
-/// copies a few hundred bytes of state, and a kernel has some 85 thousand pieces (it was 4% of
-/// the instructions a check executed).
+/// copies a few hundred bytes of state, and a kernel has some 85 thousand pieces (one each was
+/// half a percent of the instructions a check executed).
 #[derive(Default)]
 struct Iced<'d> {
     decoder: Option<Decoder<'d>>,
