@@ -266,12 +266,13 @@ pub(super) fn decode(code: &[u8], addr: u64) -> Option<Insn> {
                 let sib = at(i + 1);
                 operand += 1;
                 let base = sib & 7;
-                indexed = ((sib >> 3) & 7 | (rex & 2) << 2) != reg::SP;
+                // The index register, with REX.X; rsp's number means none.
+                let index = (sib >> 3) & 7 | (rex & 2) << 2;
+                indexed = index != reg::SP;
                 if base == 5 && md == 0 {
                     // No base: a 32-bit address, maybe plus a scaled index. Indexed by 8,
                     // `mov table(,%idx,8), %reg` is a switch-table load.
-                    let index = (sib >> 3) & 7 | (rex & 2) << 2;
-                    if form == Form::Load && sib >> 6 == 3 && index != reg::SP {
+                    if form == Form::Load && sib >> 6 == 3 && indexed {
                         return None;
                     }
                     operand += 4;
