@@ -1382,21 +1382,49 @@ fn infer_noreturn(
     // and filtered in parallel each round, rather than a map from callee to waiting nodes
     // updated on one thread: a kitchen-sink image has tens of thousands of blocked nodes.
     let mut blocked: Vec<(u32, Vec<u32>)> = Vec::new();
+    // The first round settles a callee not yet known to return when a walk meets it, before
+    // going on (callees first, as far as the call chains go): most callers then find their
+    // return in that one walk instead of waiting a round for each level of calls beneath them.
+    // A node is walked once in the round, by whoever claims it first; one met while another
+    // walk holds it (a recursion, or the other thread's) or past SETTLE_DEPTH callees down is
+    // a blocker as before. The result does not depend on the order: whatever is found to
+    // return is found from callees already known to, and a node's blockers wake it as before.
+    let claimed: Vec<AtomicBool> = (0..nodes).map(|_| AtomicBool::new(true)).collect();
+    for &node in &pending {
+        claimed[node as usize].store(false, Ordering::Relaxed);
+    }
+    let settle = Settle {
+        graph,
+        insns,
+        tables,
+        returns: &returns,
+        declared: &declared,
+        claimed: Some(&claimed),
+    };
     let mut rounds = 0;
     while !pending.is_empty() {
         rounds += 1;
+        let settle = if rounds == 1 {
+            settle
+        } else {
+            Settle {
+                claimed: None,
+                ..settle
+            }
+        };
         let results: Vec<(u32, bool, Vec<u32>)> = pending
             .par_iter()
-            .map_init(ReturnWalk::default, |buffers, &node| {
-                if declared.binary_search(&node).is_ok() {
-                    return (node, false, Vec::new());
-                }
-                let (r, blockers) = may_return(graph, insns, tables, &returns, node, buffers);
-                if r {
-                    returns[node as usize].store(true, Ordering::Relaxed);
-                }
-                (node, r, blockers)
-            })
+            .map_init(
+                || (0..SETTLE_DEPTH).map(|_| ReturnWalk::default()).collect(),
+                |buffers: &mut Vec<ReturnWalk>, &node| {
+                    let mut out = Vec::new();
+                    if settle.claim(node) {
+                        settle.walk(node, buffers, &mut out);
+                    }
+                    out
+                },
+            )
+            .flatten_iter()
             .collect();
         blocked.par_extend(
             results
@@ -1430,6 +1458,65 @@ fn infer_noreturn(
         .map(|r| !r.load(Ordering::Relaxed))
         .collect();
     (noreturn, code_noreturn, rounds)
+}
+
+/// How deep the first round of [`infer_noreturn`] goes into callees before it leaves one to a
+/// later round: each level keeps a walk's buffers.
+const SETTLE_DEPTH: usize = 32;
+
+/// What a round of [`infer_noreturn`] walks a node with.
+#[derive(Clone, Copy)]
+struct Settle<'a, 'g> {
+    graph: &'a Graph<'g>,
+    insns: &'a Insns,
+    tables: &'a Tables,
+    returns: &'a [AtomicBool],
+    /// Nodes the compiler declared noreturn ([`declared_noreturn`]): not walked.
+    declared: &'a [u32],
+    /// In the first round, whether each node was taken by a walk (or needs none): a callee not
+    /// taken yet is walked when first met. Later rounds walk only their list.
+    claimed: Option<&'a [AtomicBool]>,
+}
+
+impl Settle<'_, '_> {
+    /// Takes `node` for this walk: false if another walk has it (first round only).
+    fn claim(&self, node: u32) -> bool {
+        self.claimed
+            .is_none_or(|c| !c[node as usize].swap(true, Ordering::Relaxed))
+    }
+
+    /// Walks `node` (claimed), adding to `out` its result and those of the callees it settled
+    /// on the way: (node, whether it returns, the callees not known to return that cut it short).
+    fn walk(&self, node: u32, buffers: &mut [ReturnWalk], out: &mut Vec<(u32, bool, Vec<u32>)>) {
+        if self.declared.binary_search(&node).is_ok() {
+            out.push((node, false, Vec::new()));
+            return;
+        }
+        let Some((mine, deeper)) = buffers.split_first_mut() else {
+            return;
+        };
+        // A callee not known to return: settled here if no one has taken it yet.
+        let mut settled = |g: u32| {
+            if self.claimed.is_none() || deeper.is_empty() || !self.claim(g) {
+                return false;
+            }
+            self.walk(g, deeper, out);
+            self.returns[g as usize].load(Ordering::Relaxed)
+        };
+        let (r, blockers) = may_return(
+            self.graph,
+            self.insns,
+            self.tables,
+            self.returns,
+            node,
+            mine,
+            &mut settled,
+        );
+        if r {
+            self.returns[node as usize].store(true, Ordering::Relaxed);
+        }
+        out.push((node, r, blockers));
+    }
 }
 
 /// Nodes called by the last instruction of some function or `.cold` part, sorted.
@@ -1478,6 +1565,7 @@ fn may_return(
     returns: &[AtomicBool],
     node: u32,
     buffers: &mut ReturnWalk,
+    settled: &mut dyn FnMut(u32) -> bool,
 ) -> (bool, Vec<u32>) {
     let n = graph.funcs.len();
     let (entry, start_home) = if (node as usize) < n {
@@ -1490,6 +1578,8 @@ fn may_return(
         (graph.code_calls[node as usize - n], None)
     };
     let returning = |g: u32| returns[g as usize].load(Ordering::Relaxed);
+    // Whether callee `g` returns, settling it first if it is not known yet.
+    let mut returns_now = |g: u32| returning(g) || settled(g);
     let code_node = |t: InsnId| {
         graph
             .code_calls
@@ -1529,7 +1619,7 @@ fn may_return(
                     // A tail call to a label is followed only from code outside functions.
                     Dest::Label(t) if home.is_none() => work.push((t, None)),
                     Dest::Label(_) => return Some(true),
-                    Dest::Entry(g) if returning(g) => return Some(true),
+                    Dest::Entry(g) if returns_now(g) => return Some(true),
                     Dest::Entry(g) => blockers.push(g),
                     Dest::Nowhere => return Some(true),
                 }
@@ -1567,7 +1657,7 @@ fn may_return(
                 }
                 Step::Dynamic | Step::Return | Step::Invalid => return (true, blockers),
                 Step::Call(Dest::Entry(g)) => {
-                    if !returning(g) {
+                    if !returns_now(g) {
                         blockers.push(g);
                         break;
                     }
@@ -1580,7 +1670,7 @@ fn may_return(
                 }
                 Step::Call(Dest::Code(t) | Dest::Label(t)) => {
                     if let Some(c) = code_node(t) {
-                        if !returning(c) {
+                        if !returns_now(c) {
                             blockers.push(c);
                             break;
                         }
@@ -1863,6 +1953,58 @@ mod tests {
             noreturn("rec"),
             "only returns after a call to itself, which never returns"
         );
+    }
+
+    #[test]
+    fn call_chains_deeper_than_the_first_round_settles_are_inferred() {
+        // up0: call up1; ret ... up79: ret             each returns once the next does
+        // down79: call down78; ret ... down1: call down0; ret, down0: hlt; jmp down0
+        //                                              callees first in address order, and
+        //                                              none returns
+        // Both chains are longer than SETTLE_DEPTH: the first round leaves their callers
+        // blocked past that depth, later rounds finish them.
+        const N: usize = 80;
+        const { assert!(N > 2 * SETTLE_DEPTH) };
+        let name = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        let mut parts: Vec<(&'static str, Vec<u8>)> = Vec::new();
+        let mut addr = BASE;
+        for k in 0..N {
+            let mut code = if k + 1 < N {
+                call(addr, addr + 6)
+            } else {
+                Vec::new()
+            };
+            code.push(0xc3);
+            addr += code.len() as u64;
+            parts.push((name(format!("up{k}")), code));
+        }
+        let mut prev = addr;
+        for k in 0..N {
+            let code = if k == 0 {
+                vec![0xf4, 0xeb, 0xfd]
+            } else {
+                let mut c = call(addr, prev);
+                c.push(0xc3);
+                c
+            };
+            prev = addr;
+            addr += code.len() as u64;
+            parts.push((name(format!("down{k}")), code));
+        }
+        let refs: Vec<(&'static str, &[u8])> = parts.iter().map(|(n, c)| (*n, &c[..])).collect();
+        let (funcs, mut insns) = layout(&refs);
+        let g = from_funcs(funcs, None, &mut insns, &Tables::default(), false);
+        for k in 0..N {
+            assert!(
+                !g.noreturn[by_name(&g, &format!("up{k}")) as usize],
+                "up{k}"
+            );
+            assert!(
+                g.noreturn[by_name(&g, &format!("down{k}")) as usize],
+                "down{k}"
+            );
+        }
+        assert!(g.noreturn_rounds > 1, "the depth limit was reached");
     }
 
     #[test]
