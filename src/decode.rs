@@ -2039,6 +2039,42 @@ mod tests {
     }
 
     #[test]
+    fn block_index_entered_batch_by_batch_is_the_first_instruction_of_each_block() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        // Instructions with gaps of several empty 64-byte blocks (between sections), runs
+        // within one block, and one per block.
+        let mut list = Vec::new();
+        let mut a = BASE;
+        for n in 0..120u64 {
+            list.push(Insn { addr: a, ..ZERO });
+            a += match n % 17 {
+                0 => 300,
+                5 => 64,
+                _ => 5,
+            };
+        }
+        let block = |addr: u64| Some(((addr - BASE) >> 6) as usize);
+        let blocks = block(list.last().unwrap().addr).unwrap() + 1;
+        // The first instruction at or after each block's start, by a search.
+        let want: Vec<u32> = (0..blocks)
+            .map(|b| list.partition_point(|i| i.addr < BASE + ((b as u64) << 6)) as u32)
+            .collect();
+        for cut in [1, 2, 7, 30, list.len()] {
+            let index: Vec<AtomicU32> = (0..=blocks).map(|_| AtomicU32::new(u32::MAX)).collect();
+            let mut prev = None;
+            for (c, chunk) in list.chunks(cut).enumerate() {
+                index_blocks(&index, &block, prev, chunk, c * cut);
+                prev = chunk.last().and_then(|l| block(l.addr));
+            }
+            let got: Vec<u32> = index[..blocks]
+                .iter()
+                .map(|e| e.load(Ordering::Relaxed))
+                .collect();
+            assert_eq!(got, want, "batches of {cut}");
+        }
+    }
+
+    #[test]
     fn undecodable_bytes_resync() {
         let mut out = Vec::new();
         // 0x06 (push %es) is invalid in 64-bit mode; then a ret.

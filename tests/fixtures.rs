@@ -166,18 +166,18 @@ fn batched_decode_matches_one_batch() {
             continue;
         };
         let whole = decode_image_in(&image, usize::MAX);
-        let split = decode_image_in(&image, 1);
         assert!(!whole.list.is_empty(), "{}", src.display());
-        assert_eq!(&whole.list[..], &split.list[..], "{}", src.display());
-        assert_eq!(whole.calls, split.calls, "{}", src.display());
-        assert_eq!(whole.jumps, split.jumps, "{}", src.display());
-        assert_eq!(whole.returns, split.returns, "{}", src.display());
-        assert_eq!(
-            whole.indirect_jumps,
-            split.indirect_jumps,
-            "{}",
-            src.display()
-        );
+        // Every piece its own batch, most decoded straight into the list (a batch over four
+        // times the size is); and batches of a few pieces, most through a scratch list.
+        for size in [1, 64] {
+            let split = decode_image_in(&image, size);
+            let at = format!("{} in batches of {size}", src.display());
+            assert_eq!(&whole.list[..], &split.list[..], "{at}");
+            assert_eq!(whole.calls, split.calls, "{at}");
+            assert_eq!(whole.jumps, split.jumps, "{at}");
+            assert_eq!(whole.returns, split.returns, "{at}");
+            assert_eq!(whole.indirect_jumps, split.indirect_jumps, "{at}");
+        }
         // The side lists hold exactly the list's instructions of their kinds.
         let of = |k: &[Kind]| -> Vec<u32> {
             (0..whole.len() as u32)
@@ -189,12 +189,29 @@ fn batched_decode_matches_one_batch() {
         assert_eq!(firsts(&whole.jumps), of(&[Kind::Jump, Kind::JumpCond]));
         assert_eq!(whole.returns, of(&[Kind::Return]));
         assert_eq!(whole.indirect_jumps, of(&[Kind::JumpIndirect]));
-        // The address index finds every instruction, and nothing between instructions.
-        for (n, i) in split.list.iter().enumerate() {
-            assert_eq!(split.at(i.addr), Some(n as u32), "{}", src.display());
-            if i.len > 1 {
-                assert_eq!(split.at(i.addr + 1), None, "{}", src.display());
-                assert_eq!(split.lower_bound(i.addr + 1), n as u32 + 1);
+        // The address index finds every instruction, and nothing between instructions, however
+        // the list was decoded.
+        for size in [1, 64, usize::MAX] {
+            let split = decode_image_in(&image, size);
+            let at = format!("{} in batches of {size}", src.display());
+            for (n, i) in split.list.iter().enumerate() {
+                assert_eq!(split.at(i.addr), Some(n as u32), "{at}");
+                if i.len > 1 {
+                    assert_eq!(split.at(i.addr + 1), None, "{at}");
+                    assert_eq!(split.lower_bound(i.addr + 1), n as u32 + 1, "{at}");
+                }
+            }
+            // Between sections (and anywhere else no instruction starts), the next one.
+            for (n, w) in split.list.windows(2).enumerate() {
+                let (end, next) = (w[0].end(), w[1].addr);
+                for a in [end, (end + next) / 2, next.saturating_sub(1)] {
+                    if a >= end && a < next {
+                        assert_eq!(split.lower_bound(a), n as u32 + 1, "{at}: {a:#x}");
+                    }
+                }
+            }
+            if let Some(first) = split.list.first() {
+                assert_eq!(split.lower_bound(first.addr.saturating_sub(1)), 0, "{at}");
             }
         }
         compared += 1;
