@@ -193,6 +193,31 @@ thread_local! {
     static TIMING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Scratch memory for each worker thread of the pool, kept from task to task: what
+/// `map_init` gives, without its fresh value for every piece of work it splits off. Loops over
+/// many small tasks split them finely (`with_max_len`), so that at the end the last tasks
+/// spread over the workers instead of one worker finishing a long run alone while the others
+/// wait; `map_init` would start each of those pieces with empty buffers.
+pub(crate) struct PerWorker<T>(Vec<std::sync::Mutex<T>>);
+
+impl<T: Default> PerWorker<T> {
+    pub(crate) fn new() -> Self {
+        PerWorker(
+            (0..rayon::current_num_threads().max(1))
+                .map(|_| Default::default())
+                .collect(),
+        )
+    }
+
+    /// Runs `f` with the calling worker's value (never contended: a worker runs one task at
+    /// a time, and a task that waits inside for other tasks must not call this again).
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let worker = rayon::current_thread_index().unwrap_or(0) % self.0.len();
+        let mut value = self.0[worker].lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut value)
+    }
+}
+
 /// The lists `list(p)` of all `parts`, one after another, each element passed through `f` with
 /// the index of its part. The parts are copied into place in parallel: for lists of hundreds of
 /// thousands of entries, which one thread would append one part at a time.
