@@ -204,7 +204,11 @@ fn batched_decode_matches_one_batch() {
             // Between sections (and anywhere else no instruction starts), the next one.
             for (n, w) in split.list.windows(2).enumerate() {
                 let (end, next) = (w[0].end(), w[1].addr);
-                for a in [end, (end + next) / 2, next.saturating_sub(1)] {
+                for a in [
+                    end,
+                    end + next.saturating_sub(end) / 2,
+                    next.saturating_sub(1),
+                ] {
                     if a >= end && a < next {
                         assert_eq!(split.lower_bound(a), n as u32 + 1, "{at}: {a:#x}");
                     }
