@@ -415,13 +415,24 @@ pub struct Insns {
 /// searches only the few instructions of one block (a binary search over 200+ MB of
 /// instructions costs a cache miss per step, and checks look up hundreds of thousands of
 /// addresses).
+///
+/// An instruction list's index with blocks of 64 bytes also has a word per block with a bit
+/// for each byte an instruction starts at: a lookup then counts the bits below the address
+/// instead of searching the block's instructions (a few cache lines of the list each), and
+/// knows whether an instruction starts there without reading the list at all.
 #[derive(Default)]
 pub(crate) struct AddrIndex {
     lo: u64,
     shift: u32,
     /// One entry per block, and one more: the list's length.
     first: Vec<InsnId>,
+    /// Per block of [`STARTS_BLOCK`] bytes, the bytes entries start at; empty if the blocks
+    /// are larger or the entries' addresses may repeat.
+    starts: Vec<u64>,
 }
+
+/// The block shift with which an instruction index has start bits: one bit per byte.
+const STARTS_SHIFT: u32 = 6;
 
 impl AddrIndex {
     /// The index of sorted addresses `keys`, in blocks of `1 << shift` bytes from the first,
@@ -450,7 +461,12 @@ impl AddrIndex {
                     *slot = i as InsnId;
                 }
             });
-        AddrIndex { lo, shift, first }
+        AddrIndex {
+            lo,
+            shift,
+            first,
+            starts: Vec::new(),
+        }
     }
 
     /// How many blocks the index has.
@@ -470,7 +486,7 @@ impl AddrIndex {
     }
 
     fn build(list: &[Insn]) -> AddrIndex {
-        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
         let (Some(first), Some(last)) = (list.first(), list.last()) else {
             return AddrIndex {
                 first: vec![0],
@@ -483,17 +499,19 @@ impl AddrIndex {
         let blocks = (span >> shift) as usize + 1;
         let block = |addr: u64| Some(((addr - lo) >> shift) as usize);
         let out: Vec<AtomicU32> = (0..=blocks).map(|_| AtomicU32::new(0)).collect();
+        let starts = start_bits(shift, blocks);
         const CHUNK: usize = 1 << 16;
         list.par_chunks(CHUNK).enumerate().for_each(|(c, chunk)| {
             let base = c * CHUNK;
             let prev = base.checked_sub(1).and_then(|p| block(list[p].addr));
-            index_blocks(&out, &block, prev, chunk, base);
+            index_blocks(&out, &starts, lo, &block, prev, chunk, base);
         });
         out[blocks].store(list.len() as InsnId, Ordering::Relaxed);
         AddrIndex {
             lo,
             shift,
             first: out.into_iter().map(AtomicU32::into_inner).collect(),
+            starts: starts.into_iter().map(AtomicU64::into_inner).collect(),
         }
     }
 
@@ -511,6 +529,34 @@ impl AddrIndex {
         }
         (self.first[b] as usize, self.first[b + 1] as usize)
     }
+
+    /// With start bits: the index of the first entry at or after `addr`, and whether one
+    /// starts exactly there.
+    #[inline]
+    fn by_bits(&self, addr: u64) -> Option<(usize, bool)> {
+        if self.starts.is_empty() {
+            return None;
+        }
+        let Some(d) = addr.checked_sub(self.lo) else {
+            return Some((0, false));
+        };
+        let b = (d >> STARTS_SHIFT) as usize;
+        let Some(&bits) = self.starts.get(b) else {
+            return Some((self.first[self.first.len() - 1] as usize, false));
+        };
+        let off = d & 63;
+        let below = (bits & ((1u64 << off) - 1)).count_ones() as usize;
+        Some((self.first[b] as usize + below, bits >> off & 1 != 0))
+    }
+}
+
+/// Zeroed start bits for an instruction index of `blocks` blocks, if its blocks have one bit
+/// per byte.
+fn start_bits(shift: u32, blocks: usize) -> Vec<std::sync::atomic::AtomicU64> {
+    let n = if shift == STARTS_SHIFT { blocks } else { 0 };
+    (0..n)
+        .map(|_| std::sync::atomic::AtomicU64::new(0))
+        .collect()
 }
 
 /// `target_id` while decoding: a direct branch out of the batch being decoded, resolved
@@ -615,6 +661,9 @@ impl Insns {
 
     /// The instruction starting exactly at `addr`.
     pub fn at(&self, addr: u64) -> Option<InsnId> {
+        if let Some((id, hit)) = self.index.by_bits(addr) {
+            return hit.then_some(id as InsnId);
+        }
         let id = self.lower_bound(addr);
         self.list
             .get(id as usize)
@@ -624,6 +673,9 @@ impl Insns {
 
     /// The first instruction at or after `addr`.
     pub fn lower_bound(&self, addr: u64) -> InsnId {
+        if let Some((id, _)) = self.index.by_bits(addr) {
+            return id as InsnId;
+        }
         let (a, b) = self.index.candidates(addr);
         (a + self.list[a..b].partition_point(|i| i.addr < addr)) as InsnId
     }
@@ -745,6 +797,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
     let shift = AddrIndex::shift_for(hi.saturating_sub(lo));
     let blocks = (hi.saturating_sub(lo) >> shift) as usize + 1;
     let index: Vec<AtomicU32> = (0..=blocks).map(|_| AtomicU32::new(0)).collect();
+    let starts = start_bits(shift, blocks);
     let block = |addr: u64| addr.checked_sub(lo).map(|d| (d >> shift) as usize);
     let next = AtomicUsize::new(0);
     let queue = std::sync::Mutex::new(Queue::default());
@@ -780,7 +833,15 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
         sides.collect(placed, marks.iter().map(|&k| k as usize), start as InsnId);
         // A clone has no spare capacity: the worker's lists keep theirs for the next batch.
         let _ = batch_sides[b].set(sides.clone());
-        index_blocks(&index, &block, prev_last.and_then(block), placed, start);
+        index_blocks(
+            &index,
+            &starts,
+            lo,
+            &block,
+            prev_last.and_then(block),
+            placed,
+            start,
+        );
     };
     rayon::broadcast(|_| {
         let mut starts = Starts::new(big);
@@ -868,6 +929,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
         lo,
         shift,
         first: index.into_iter().map(AtomicU32::into_inner).collect(),
+        starts: starts.into_iter().map(AtomicU64::into_inner).collect(),
     };
     let parts: Vec<Sides> = batch_sides
         .into_iter()
@@ -1087,27 +1149,50 @@ impl Sides {
 /// or after the starts of the blocks after the one of the instruction before it, up to its own
 /// (`prev`: the block of the instruction before `insns[0]`, if any). `index` has one entry per
 /// block and one more (the list's length, not written here); each block is written by one
-/// instruction, and an instruction outside the blocks writes none.
+/// instruction, and an instruction outside the blocks writes none. Sets each instruction's
+/// bit in `starts` (blocks `lo` + 64 bytes each), unless that is empty; a block's word is
+/// shared with the batches before and after it, so it is or-ed in once per block.
 fn index_blocks(
     index: &[std::sync::atomic::AtomicU32],
+    starts: &[std::sync::atomic::AtomicU64],
+    lo: u64,
     block: &impl Fn(u64) -> Option<usize>,
     mut prev: Option<usize>,
     insns: &[Insn],
     base: usize,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
+    // The start bits of block `acc.0` not yet or-ed in.
+    let mut acc: Option<(usize, u64)> = None;
+    let flush = |acc: Option<(usize, u64)>| {
+        if let Some((b, bits)) = acc {
+            starts[b].fetch_or(bits, Relaxed);
+        }
+    };
     for (k, insn) in insns.iter().enumerate() {
         let Some(cur) = block(insn.addr).filter(|&c| c + 1 < index.len()) else {
             continue;
         };
+        if !starts.is_empty() {
+            let bit = 1u64 << ((insn.addr - lo) & 63);
+            match &mut acc {
+                Some((b, bits)) if *b == cur => *bits |= bit,
+                _ => {
+                    flush(acc);
+                    acc = Some((cur, bit));
+                }
+            }
+        }
         if prev == Some(cur) {
             continue; // most instructions share their block with the one before
         }
         let from = prev.map_or(0, |p| p + 1);
         for slot in index.get(from..=cur).unwrap_or(&[]) {
-            slot.store((base + k) as InsnId, std::sync::atomic::Ordering::Relaxed);
+            slot.store((base + k) as InsnId, Relaxed);
         }
         prev = Some(prev.map_or(cur, |p| p.max(cur)));
     }
+    flush(acc);
 }
 
 /// The list's slots, written by several threads at once, each to its own range.
@@ -2063,7 +2148,7 @@ mod tests {
             let index: Vec<AtomicU32> = (0..=blocks).map(|_| AtomicU32::new(u32::MAX)).collect();
             let mut prev = None;
             for (c, chunk) in list.chunks(cut).enumerate() {
-                index_blocks(&index, &block, prev, chunk, c * cut);
+                index_blocks(&index, &[], BASE, &block, prev, chunk, c * cut);
                 prev = chunk.last().and_then(|l| block(l.addr));
             }
             let got: Vec<u32> = index[..blocks]
