@@ -426,8 +426,8 @@ pub(crate) struct AddrIndex {
     shift: u32,
     /// One entry per block, and one more: the list's length.
     first: Vec<InsnId>,
-    /// Per block of [`STARTS_BLOCK`] bytes, the bytes entries start at; empty if the blocks
-    /// are larger or the entries' addresses may repeat.
+    /// Per block of 64 bytes ([`STARTS_SHIFT`]), the bytes entries start at; empty if the
+    /// blocks are larger or the entries' addresses may repeat.
     starts: Vec<u64>,
 }
 

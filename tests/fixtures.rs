@@ -165,12 +165,16 @@ fn batched_decode_matches_one_batch() {
         let Ok(image) = stackval::image::Image::parse(&elf, &map) else {
             continue;
         };
-        let whole = decode_image_in(&image, usize::MAX);
+        // One batch; every piece its own batch, most decoded straight into the list (a batch
+        // over four times the size is); and batches of a few pieces, most through a scratch
+        // list.
+        let decoded: Vec<(usize, _)> = [usize::MAX, 1, 64]
+            .into_iter()
+            .map(|size| (size, decode_image_in(&image, size)))
+            .collect();
+        let whole = &decoded[0].1;
         assert!(!whole.list.is_empty(), "{}", src.display());
-        // Every piece its own batch, most decoded straight into the list (a batch over four
-        // times the size is); and batches of a few pieces, most through a scratch list.
-        for size in [1, 64] {
-            let split = decode_image_in(&image, size);
+        for (size, split) in &decoded[1..] {
             let at = format!("{} in batches of {size}", src.display());
             assert_eq!(&whole.list[..], &split.list[..], "{at}");
             assert_eq!(whole.calls, split.calls, "{at}");
@@ -191,8 +195,7 @@ fn batched_decode_matches_one_batch() {
         assert_eq!(whole.indirect_jumps, of(&[Kind::JumpIndirect]));
         // The address index finds every instruction, and nothing between instructions, however
         // the list was decoded.
-        for size in [1, 64, usize::MAX] {
-            let split = decode_image_in(&image, size);
+        for (size, split) in &decoded {
             let at = format!("{} in batches of {size}", src.display());
             for (n, i) in split.list.iter().enumerate() {
                 assert_eq!(split.at(i.addr), Some(n as u32), "{at}");
