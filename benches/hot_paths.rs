@@ -152,7 +152,7 @@ fn orc(c: &mut Criterion, inp: &Inputs) {
     let orc = inp.tables.orc.as_ref().unwrap();
     let mut g = c.benchmark_group("orc");
     // Every instruction's address, in address order (as a walk of the whole image asks).
-    let addrs: Vec<u64> = inp.insns.list.iter().map(|i| i.addr).collect();
+    let addrs: Vec<u64> = inp.insns.list.iter().map(|i| i.addr()).collect();
     let lookup_all = |addrs: &[u64]| {
         let mut n = 0u64;
         for &a in addrs {

@@ -15,16 +15,33 @@ want=${1:-all}
 cache=${STACKVAL_CACHE:-$HOME/.cache/stackval}/kernels
 mkdir -p "$cache"
 
+updated=
+apt_update() {
+    [ -z "$updated" ] || return 0
+    updated=1
+    apt-get update -qq >&2 || echo "fetch-kernels: apt-get update failed; using the package lists as they are" >&2
+}
+
 apt_ready() {
-    # apt-cache needs the package lists; fetch them once if they are missing or stale.
-    if [ -z "$(apt-cache search --names-only 'linux-image-6\.1\.0-.*-cloud-amd64-dbg' 2>/dev/null | head -1)" ]; then
-        apt-get update -qq >&2
+    # apt-cache needs the package lists: fetch them if they are missing or over a week old (a
+    # stale list names packages the mirror no longer has, or lacks a release added since).
+    local newest
+    newest=$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mtime -7 2>/dev/null | head -1)
+    if [ -z "$newest" ] || [ -z "$(apt-cache search --names-only 'linux-image-6\.1\.0-.*-cloud-amd64-dbg' 2>/dev/null | head -1)" ]; then
+        apt_update
     fi
 }
 
-# newest_pkg REGEX: the newest package whose name matches, by Debian version order.
+# newest_pkg REGEX: the newest package whose name matches, by Debian version order. A name
+# the lists do not hold sends for fresh lists once before giving up.
 newest_pkg() {
-    apt-cache search --names-only "$1" | awk '{print $1}' | sort -V | tail -1
+    local pkg
+    pkg=$(apt-cache search --names-only "$1" | awk '{print $1}' | sort -V | tail -1)
+    if [ -z "$pkg" ] && [ -z "$updated" ]; then
+        apt_update
+        pkg=$(apt-cache search --names-only "$1" | awk '{print $1}' | sort -V | tail -1)
+    fi
+    echo "$pkg"
 }
 
 fetch_one() { # flavour package-regex (anchored with ^...$)

@@ -138,18 +138,19 @@ impl StackOp {
     }
 }
 
-/// One decoded instruction in 24 bytes (a whole kernel has millions: every byte here is
-/// megabytes to fill and to read back). A direct branch has no stack effect, so its resolved
-/// target shares a field with a stack operation's immediate.
+/// One decoded instruction in 16 bytes (a whole kernel has millions: every byte here is
+/// megabytes to fill and to read back). A direct branch has no stack effect, so its target
+/// shares a field with a stack operation's immediate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Insn {
-    pub addr: u64,
-    /// A direct branch's target minus its end; for an indirect jump or [`Kind::TableLoad`]
-    /// through `disp(,%idx,8)`, the table's address (a sign-extended 32-bit displacement);
-    /// otherwise 0.
-    rel: i32,
-    /// A direct branch's target instruction ([`NO_INSN`] until resolved, after decoding);
-    /// otherwise the stack operation's immediate.
+    /// The address, sign-extended from 32 bits: an x86-64 kernel is linked in the top 2 GiB
+    /// of the address space (`-mcmodel=kernel`), and [`Image::parse`] refuses code elsewhere
+    /// (below 2 GiB, where test programs live, fits too). See [`fits_addr`].
+    addr32: i32,
+    /// A direct branch's target instruction once decoding has resolved it ([`NO_INSN`] when
+    /// none starts there), and its target minus its end before; for an indirect jump or
+    /// [`Kind::TableLoad`] through `disp(,%idx,8)`, the table's address (a sign-extended
+    /// 32-bit displacement); otherwise the stack operation's immediate.
     data: u32,
     pub len: u8,
     pub kind: Kind,
@@ -163,14 +164,21 @@ pub struct Insn {
     callee: [u8; 3],
 }
 
-const _: () = assert!(std::mem::size_of::<Insn>() == 24);
+const _: () = assert!(std::mem::size_of::<Insn>() == 16);
+
+/// Whether `addr` can be an instruction's address: a 32-bit value sign-extended, which every
+/// x86-64 kernel address is (`-mcmodel=kernel` links the kernel in the top 2 GiB).
+pub fn fits_addr(addr: u64) -> bool {
+    addr as i64 == addr as i32 as i64
+}
 
 impl Insn {
-    /// `target`: a direct branch's target or a table's address (see [`Insn::target`]).
+    /// `target`: a direct branch's target or a table's address (see [`Insn::data`]). `addr`
+    /// must [`fits_addr`].
     pub fn new(addr: u64, len: u8, kind: Kind, target: u64, op: StackOp) -> Insn {
+        debug_assert!(fits_addr(addr), "instruction address {addr:#x}");
         let mut insn = Insn {
-            addr,
-            rel: 0,
+            addr32: addr as i32,
             data: op.imm as u32,
             len,
             kind,
@@ -179,13 +187,17 @@ impl Insn {
             op_base: op.base,
             callee: [0; 3],
         };
+        if insn.is_branch() || matches!(kind, Kind::JumpIndirect | Kind::TableLoad) {
+            // They have no stack effect: the field is theirs.
+            debug_assert_eq!(op.kind, OpKind::None);
+        }
         if insn.is_branch() {
-            insn.data = NO_INSN;
             let rel = target.wrapping_sub(insn.end()) as i64;
             match i32::try_from(rel) {
-                Ok(rel) => insn.rel = rel,
+                Ok(rel) => insn.data = rel as u32,
                 // A near branch always reaches within 2 GiB; anything else is not followed.
-                Err(_) => {
+                _ => {
+                    insn.data = 0;
                     insn.kind = match kind {
                         Kind::Call => Kind::CallIndirect,
                         _ => Kind::JumpIndirect,
@@ -195,13 +207,17 @@ impl Insn {
         } else if matches!(kind, Kind::JumpIndirect | Kind::TableLoad) {
             // The CPU sign-extends a 32-bit displacement; one that does not round-trip is not
             // a table address we can read.
-            insn.rel = i32::try_from(target as i64).unwrap_or(0);
+            insn.data = i32::try_from(target as i64).unwrap_or(0) as u32;
         }
         insn
     }
 
+    pub fn addr(&self) -> u64 {
+        self.addr32 as i64 as u64
+    }
+
     pub fn end(&self) -> u64 {
-        self.addr + self.len as u64
+        self.addr() + self.len as u64
     }
 
     /// How many machine instructions this entry is: one, or each byte of a run of int3 fill.
@@ -217,13 +233,20 @@ impl Insn {
         matches!(self.kind, Kind::Jump | Kind::JumpCond | Kind::Call)
     }
 
-    /// A direct branch's target; for an indirect jump or [`Kind::TableLoad`] through
-    /// `disp(,%idx,8)`, the table's address; otherwise 0.
-    pub fn target(&self) -> u64 {
-        if self.is_branch() {
-            self.end().wrapping_add(self.rel as i64 as u64)
+    /// A direct branch's target address, before decoding resolves it (and overwrites it with
+    /// the target instruction: [`Insn::target_id`]).
+    fn unresolved_target(&self) -> u64 {
+        debug_assert!(self.is_branch());
+        self.end().wrapping_add(self.data as i32 as i64 as u64)
+    }
+
+    /// For an indirect jump or [`Kind::TableLoad`] through `disp(,%idx,8)`, the table's
+    /// address; otherwise 0.
+    pub fn table(&self) -> u64 {
+        if matches!(self.kind, Kind::JumpIndirect | Kind::TableLoad) {
+            self.data as i32 as i64 as u64
         } else {
-            self.rel as i64 as u64
+            0
         }
     }
 
@@ -265,7 +288,8 @@ impl Insn {
             kind: self.op_kind,
             reg: self.op_reg,
             base: self.op_base,
-            imm: if self.is_branch() {
+            // A branch's or a table's field is not an immediate; they have no stack effect.
+            imm: if self.op_kind == OpKind::None {
                 0
             } else {
                 self.data as i32
@@ -308,8 +332,7 @@ const HUGE_PAGE: usize = 2 << 20;
 /// An all-zero `Insn` is a valid one (kind `Other`, no stack effect), which is what lets a
 /// zero-filled mapping be viewed as a slice of them.
 const ZERO: Insn = Insn {
-    addr: 0,
-    rel: 0,
+    addr32: 0,
     data: 0,
     len: 0,
     kind: Kind::Other,
@@ -493,8 +516,8 @@ impl AddrIndex {
                 ..AddrIndex::default()
             };
         };
-        let lo = first.addr;
-        let span = last.addr - lo;
+        let lo = first.addr();
+        let span = last.addr() - lo;
         let shift = Self::shift_for(span);
         let blocks = (span >> shift) as usize + 1;
         let block = |addr: u64| Some(((addr - lo) >> shift) as usize);
@@ -503,7 +526,7 @@ impl AddrIndex {
         const CHUNK: usize = 1 << 16;
         list.par_chunks(CHUNK).enumerate().for_each(|(c, chunk)| {
             let base = c * CHUNK;
-            let prev = base.checked_sub(1).and_then(|p| block(list[p].addr));
+            let prev = base.checked_sub(1).and_then(|p| block(list[p].addr()));
             index_blocks(&out, &starts, lo, &block, prev, chunk, base);
         });
         out[blocks].store(list.len() as InsnId, Ordering::Relaxed);
@@ -559,18 +582,26 @@ fn start_bits(shift: u32, blocks: usize) -> Vec<std::sync::atomic::AtomicU64> {
         .collect()
 }
 
-/// `target_id` while decoding: a direct branch out of the batch being decoded, resolved
-/// against the whole list once every batch is in place.
+/// A side list's target while decoding: a direct branch out of the batch being decoded,
+/// resolved against the whole list once every batch is in place.
 const RESOLVE_LATER: InsnId = NO_INSN - 1;
+
+/// In a batch's marks ([`decode_batch`]), set on a direct branch whose target lies outside
+/// the batch: the branch still holds its target address (see [`Insn::unresolved_target`]),
+/// not an index, until [`Insns::resolve_later`].
+const LATER: u32 = 1 << 31;
 
 impl Insns {
     /// Takes an address-sorted list and resolves every direct branch's target once.
-    pub fn new(mut list: Vec<Insn>, bytes: u64) -> Insns {
-        for i in list.iter_mut().filter(|i| i.is_branch()) {
-            i.set_target_id(RESOLVE_LATER);
-        }
+    pub fn new(list: Vec<Insn>, bytes: u64) -> Insns {
+        assert!(list.len() < LATER as usize, "too many instructions");
         let mut sides = Sides::default();
-        sides.collect(&list, 0..list.len(), 0);
+        let marks = list.iter().enumerate().filter(|(_, i)| Sides::wanted(i));
+        sides.collect(
+            &list,
+            marks.map(|(k, i)| k as u32 | if i.is_branch() { LATER } else { 0 }),
+            0,
+        );
         let later = sides.later;
         let count = list.iter().map(Insn::stands_for).sum();
         let list = InsnList::from_vec(list);
@@ -677,7 +708,7 @@ impl Insns {
         let id = self.lower_bound(addr);
         self.list
             .get(id as usize)
-            .is_some_and(|i| i.addr == addr)
+            .is_some_and(|i| i.addr() == addr)
             .then_some(id)
     }
 
@@ -687,7 +718,7 @@ impl Insns {
             return id as InsnId;
         }
         let (a, b) = self.index.candidates(addr);
-        (a + self.list[a..b].partition_point(|i| i.addr < addr)) as InsnId
+        (a + self.list[a..b].partition_point(|i| i.addr() < addr)) as InsnId
     }
 
     pub fn get(&self, id: InsnId) -> &Insn {
@@ -840,7 +871,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
             return;
         }
         sides.clear();
-        sides.collect(placed, marks.iter().map(|&k| k as usize), start as InsnId);
+        sides.collect(placed, marks.iter().copied(), start as InsnId);
         // A clone has no spare capacity: the worker's lists keep theirs for the next batch.
         let _ = batch_sides[b].set(sides.clone());
         index_blocks(
@@ -882,7 +913,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
                 folded.fetch_add(more, Ordering::Relaxed);
                 // SAFETY: as above; the slots were all written just now.
                 let here = unsafe { slots.slice_mut(start, n) };
-                resolve_local(here, &marks, &starts);
+                resolve_local(here, &mut marks, &starts);
                 let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
                 q.advance(here);
                 q.take_ready(&mut ready);
@@ -904,7 +935,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
                         d.insns.push(insn)
                     });
                 folded.fetch_add(more, Ordering::Relaxed);
-                resolve_local(&mut d.insns, &d.marks, &starts);
+                resolve_local(&mut d.insns, &mut d.marks, &starts);
                 let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
                 q.parked.push(d);
                 q.take_ready(&mut ready);
@@ -926,12 +957,15 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
 
     if !sorted {
         let mut v = list.to_vec();
-        v.sort_by_key(|i| i.addr);
-        v.dedup_by_key(|i| i.addr);
+        v.sort_by_key(|i| i.addr());
+        v.dedup_by_key(|i| i.addr());
         return Insns::new(v, bytes as u64);
     }
     // Blocks after the last instruction's: none start at or after them.
-    let tail = list.last().and_then(|l| block(l.addr)).map_or(0, |b| b + 1);
+    let tail = list
+        .last()
+        .and_then(|l| block(l.addr()))
+        .map_or(0, |b| b + 1);
     for slot in &index[tail.min(blocks)..] {
         slot.store(len as InsnId, Ordering::Relaxed);
     }
@@ -998,7 +1032,7 @@ impl Queue {
     /// Gives the next batch, `placed`, its place: the one after it comes next.
     fn advance(&mut self, placed: &[Insn]) {
         self.start += placed.len();
-        self.last = placed.last().map(|l| l.addr).or(self.last);
+        self.last = placed.last().map(|l| l.addr()).or(self.last);
         self.next += 1;
     }
 }
@@ -1014,6 +1048,8 @@ fn decode_batch<'d>(
     mut put: impl FnMut(usize, Insn),
 ) -> (usize, u64) {
     let (mut n, mut folded) = (0, 0);
+    // An instruction takes a byte at least: indexes stay clear of the flag.
+    assert!(batch.iter().map(|p| p.1.len()).sum::<usize>() < LATER as usize);
     starts.reset(batch);
     let mut iced = Iced::default();
     for &(addr, code) in batch {
@@ -1022,7 +1058,7 @@ fn decode_batch<'d>(
             if Sides::wanted(&insn) {
                 marks.push(n as u32);
             }
-            starts.note(insn.addr, n);
+            starts.note(insn.addr(), n);
             put(n, insn);
             n += 1;
         });
@@ -1123,16 +1159,18 @@ impl Sides {
         )
     }
 
-    /// Records the branches and returns among `list[which]`, where `list` starts at instruction
+    /// Records the branches and returns among `list[which]` (marks: indexes, with [`LATER`]
+    /// on a branch still holding its target's address), where `list` starts at instruction
     /// `base` and resolved targets are indexes into it.
-    fn collect(&mut self, list: &[Insn], which: impl Iterator<Item = usize>, base: InsnId) {
-        for k in which {
+    fn collect(&mut self, list: &[Insn], which: impl Iterator<Item = u32>, base: InsnId) {
+        for m in which {
+            let k = (m & !LATER) as usize;
             let i = &list[k];
             let id = base + k as InsnId;
-            let to = if i.target_id() < RESOLVE_LATER {
-                i.target_id() + base
-            } else {
-                i.target_id()
+            let to = match i.target_id() {
+                _ if m & LATER != 0 => RESOLVE_LATER,
+                NO_INSN => NO_INSN,
+                t => t + base,
             };
             let (side, later) = match i.kind {
                 Kind::Call => (&mut self.calls, &mut self.later[0]),
@@ -1148,7 +1186,7 @@ impl Sides {
                 _ => continue,
             };
             if to == RESOLVE_LATER {
-                later.push((i.target(), side.len() as u32));
+                later.push((i.unresolved_target(), side.len() as u32));
             }
             side.push((id, to));
         }
@@ -1180,11 +1218,11 @@ fn index_blocks(
         }
     };
     for (k, insn) in insns.iter().enumerate() {
-        let Some(cur) = block(insn.addr).filter(|&c| c + 1 < index.len()) else {
+        let Some(cur) = block(insn.addr()).filter(|&c| c + 1 < index.len()) else {
             continue;
         };
         if !starts.is_empty() {
-            let bit = 1u64 << ((insn.addr - lo) & 63);
+            let bit = 1u64 << ((insn.addr() - lo) & 63);
             match &mut acc {
                 Some((b, bits)) if *b == cur => *bits |= bit,
                 _ => {
@@ -1251,12 +1289,12 @@ impl Slots {
     }
 }
 
-/// Turns the batch-local targets of `branches` (every instruction with one is among them) in
-/// a batch placed at `start` into list indexes.
+/// Turns the batch-local targets of `branches` (every instruction with one is among them, as
+/// marks: see [`LATER`]) in a batch placed at `start` into list indexes.
 fn rebase(batch: &mut [Insn], branches: &[u32], start: usize) {
-    for &k in branches {
-        let d = &mut batch[k as usize];
-        if d.target_id() < RESOLVE_LATER {
+    for &m in branches.iter().filter(|&&m| m & LATER == 0) {
+        let d = &mut batch[m as usize];
+        if d.target_id() != NO_INSN {
             d.set_target_id(d.target_id() + start as InsnId);
         }
     }
@@ -1357,33 +1395,33 @@ impl Starts {
             return search_near(batch, from, addr);
         }
         let k = self.slots[(addr - self.lo) as usize] as usize;
-        (batch.get(k).is_some_and(|i| i.addr == addr)).then_some(k)
+        (batch.get(k).is_some_and(|i| i.addr() == addr)).then_some(k)
     }
 }
 
 /// Resolves the direct branches among `marked` instructions of one batch whose targets lie
 /// inside the batch's address range, to batch-local indexes; the others are marked
-/// [`RESOLVE_LATER`].
-fn resolve_local(batch: &mut [Insn], marked: &[u32], starts: &Starts) {
+/// [`LATER`] and keep their targets' addresses.
+fn resolve_local(batch: &mut [Insn], marked: &mut [u32], starts: &Starts) {
     let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
         return;
     };
-    let (lo, hi) = (first.addr, last.end());
-    for &k in marked {
-        let k = k as usize;
+    let (lo, hi) = (first.addr(), last.end());
+    for m in marked.iter_mut() {
+        let k = *m as usize;
         let insn = batch[k];
         if !insn.is_branch() {
             continue;
         }
-        let target = insn.target();
-        let id = if target >= lo && target < hi {
-            starts
+        let target = insn.unresolved_target();
+        if target >= lo && target < hi {
+            let id = starts
                 .find(batch, k, target)
-                .map_or(NO_INSN, |n| n as InsnId)
+                .map_or(NO_INSN, |n| n as InsnId);
+            batch[k].set_target_id(id);
         } else {
-            RESOLVE_LATER
-        };
-        batch[k].set_target_id(id);
+            *m |= LATER;
+        }
     }
 }
 
@@ -1392,23 +1430,23 @@ fn resolve_local(batch: &mut [Insn], marked: &[u32], starts: &Starts) {
 fn search_near(list: &[Insn], from: usize, addr: u64) -> Option<usize> {
     let (mut lo, mut hi) = (from, from + 1);
     let mut step = 1;
-    if list[from].addr < addr {
+    if list[from].addr() < addr {
         // Widen upward until list[hi - 1] >= addr.
-        while hi < list.len() && list[hi - 1].addr < addr {
+        while hi < list.len() && list[hi - 1].addr() < addr {
             lo = hi;
             hi = (from + step + 1).min(list.len());
             step *= 2;
         }
     } else {
         // Widen downward until list[lo] <= addr.
-        while lo > 0 && list[lo].addr > addr {
+        while lo > 0 && list[lo].addr() > addr {
             hi = lo + 1;
             lo = from.saturating_sub(step);
             step *= 2;
         }
     }
     list[lo..hi]
-        .binary_search_by_key(&addr, |x| x.addr)
+        .binary_search_by_key(&addr, |x| x.addr())
         .ok()
         .map(|i| lo + i)
 }
@@ -1926,11 +1964,17 @@ mod tests {
     #[test]
     fn branch_targets_resolve() {
         let call = one(&[0xe8, 0x10, 0x00, 0x00, 0x00]);
-        assert_eq!((call.kind, call.target()), (Kind::Call, BASE + 5 + 0x10));
+        assert_eq!(
+            (call.kind, call.unresolved_target()),
+            (Kind::Call, BASE + 5 + 0x10)
+        );
         let jmp = one(&[0xeb, 0xfe]);
-        assert_eq!((jmp.kind, jmp.target()), (Kind::Jump, BASE));
+        assert_eq!((jmp.kind, jmp.unresolved_target()), (Kind::Jump, BASE));
         let jz = one(&[0x0f, 0x84, 0x00, 0x01, 0x00, 0x00]);
-        assert_eq!((jz.kind, jz.target()), (Kind::JumpCond, BASE + 6 + 0x100));
+        assert_eq!(
+            (jz.kind, jz.unresolved_target()),
+            (Kind::JumpCond, BASE + 6 + 0x100)
+        );
     }
 
     #[test]
@@ -1949,7 +1993,7 @@ mod tests {
             assert_eq!(insns.target(3), Some(2), "gap {gap:#x}");
             assert_eq!(insns.calls, [(0, 2)]);
             for (n, i) in insns.list.iter().enumerate() {
-                assert_eq!(insns.at(i.addr), Some(n as u32), "gap {gap:#x}");
+                assert_eq!(insns.at(i.addr()), Some(n as u32), "gap {gap:#x}");
             }
             assert_eq!(insns.at(BASE + 1), None);
             assert_eq!(insns.lower_bound(BASE + 1), 1);
@@ -1963,13 +2007,13 @@ mod tests {
         // jmp *0xffffffff82000000(,%rax,8)
         let j = one(&[0xff, 0x24, 0xc5, 0x00, 0x00, 0x00, 0x82]);
         assert_eq!(
-            (j.kind, j.target()),
+            (j.kind, j.table()),
             (Kind::JumpIndirect, 0xffff_ffff_8200_0000)
         );
         // mov 0xffffffff82000000(,%rdi,8),%rax
         let l = one(&[0x48, 0x8b, 0x04, 0xfd, 0x00, 0x00, 0x00, 0x82]);
         assert_eq!(
-            (l.kind, l.target(), l.op().reg),
+            (l.kind, l.table(), l.op().reg),
             (Kind::TableLoad, 0xffff_ffff_8200_0000, reg::AX)
         );
     }
@@ -2095,7 +2139,7 @@ mod tests {
         want.extend([(5, Kind::Other), (1, Kind::Return)]);
         assert_eq!(shape, want);
         // Contiguous, and each byte of a folded run still counts as an instruction.
-        assert!(out.windows(2).all(|w| w[0].end() == w[1].addr));
+        assert!(out.windows(2).all(|w| w[0].end() == w[1].addr()));
         assert_eq!(out.last().unwrap().end(), BASE + bytes.len() as u64);
         let machine: u64 = out.iter().map(Insn::stands_for).sum();
         assert_eq!(machine, out.len() as u64 + folded);
@@ -2145,14 +2189,14 @@ mod tests {
     fn search_near_finds_every_address_from_everywhere() {
         let list: Vec<Insn> = (0..40u64)
             .map(|n| Insn {
-                addr: BASE + 3 * n,
+                addr32: (BASE + 3 * n) as i32,
                 ..ZERO
             })
             .collect();
         for from in 0..list.len() {
             for (n, i) in list.iter().enumerate() {
-                assert_eq!(search_near(&list, from, i.addr), Some(n));
-                assert_eq!(search_near(&list, from, i.addr + 1), None);
+                assert_eq!(search_near(&list, from, i.addr()), Some(n));
+                assert_eq!(search_near(&list, from, i.addr() + 1), None);
             }
             assert_eq!(search_near(&list, from, BASE - 1), None);
         }
@@ -2166,7 +2210,10 @@ mod tests {
         let mut list = Vec::new();
         let mut a = BASE;
         for n in 0..120u64 {
-            list.push(Insn { addr: a, ..ZERO });
+            list.push(Insn {
+                addr32: a as i32,
+                ..ZERO
+            });
             a += match n % 17 {
                 0 => 300,
                 5 => 64,
@@ -2174,17 +2221,17 @@ mod tests {
             };
         }
         let block = |addr: u64| Some(((addr - BASE) >> 6) as usize);
-        let blocks = block(list.last().unwrap().addr).unwrap() + 1;
+        let blocks = block(list.last().unwrap().addr()).unwrap() + 1;
         // The first instruction at or after each block's start, by a search.
         let want: Vec<u32> = (0..blocks)
-            .map(|b| list.partition_point(|i| i.addr < BASE + ((b as u64) << 6)) as u32)
+            .map(|b| list.partition_point(|i| i.addr() < BASE + ((b as u64) << 6)) as u32)
             .collect();
         for cut in [1, 2, 7, 30, list.len()] {
             let index: Vec<AtomicU32> = (0..=blocks).map(|_| AtomicU32::new(u32::MAX)).collect();
             let mut prev = None;
             for (c, chunk) in list.chunks(cut).enumerate() {
                 index_blocks(&index, &[], BASE, &block, prev, chunk, c * cut);
-                prev = chunk.last().and_then(|l| block(l.addr));
+                prev = chunk.last().and_then(|l| block(l.addr()));
             }
             let got: Vec<u32> = index[..blocks]
                 .iter()
@@ -2201,6 +2248,6 @@ mod tests {
         decode_into(BASE, &[0x06, 0xc3], &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].kind, Kind::Invalid);
-        assert_eq!((out[1].addr, out[1].kind), (BASE + 1, Kind::Return));
+        assert_eq!((out[1].addr(), out[1].kind), (BASE + 1, Kind::Return));
     }
 }

@@ -190,7 +190,7 @@ impl Func<'_> {
     pub fn entry(&self, insns: &Insns) -> Option<InsnId> {
         debug_assert_eq!(
             self.entry_at_first,
-            self.first < self.end && insns.get(self.first).addr == self.addr
+            self.first < self.end && insns.get(self.first).addr() == self.addr
         );
         self.entry_at_first.then_some(self.first)
     }
@@ -397,7 +397,7 @@ impl<'data> Graph<'data> {
             }
         }
         let Some(f) = self.func_of(id) else {
-            if self.labels.binary_search(&insns.get(id).addr).is_ok() {
+            if self.labels.binary_search(&insns.get(id).addr()).is_ok() {
                 return Dest::Label(id);
             }
             return Dest::Code(id);
@@ -712,7 +712,7 @@ fn collect_funcs<'data>(image: &Image<'data>, insns: &Insns) -> Vec<Func<'data>>
             entry_at_first: insns
                 .list
                 .get(first as usize)
-                .is_some_and(|i| i.addr == s.addr),
+                .is_some_and(|i| i.addr() == s.addr),
         }
     }));
     for i in 1..funcs.len() {
@@ -976,7 +976,9 @@ fn switch_tables(
         let reg = if insn.kind == Kind::JumpIndirect {
             insn.op().reg
         } else {
-            match thunk_register(image, insn.target()) {
+            // A thunk is a function: its entry is an instruction.
+            let thunk = insns.target(id).map(|t| insns.get(t).addr());
+            match thunk.and_then(|t| thunk_register(image, t)) {
                 Some(r) => r,
                 None => continue,
             }
@@ -1043,7 +1045,7 @@ fn switch_table(
     let insn = insns.get(jump);
     let func = graph.func(f);
     let mut table = if insn.kind == Kind::JumpIndirect {
-        insn.target()
+        insn.table()
     } else {
         0
     };
@@ -1055,7 +1057,7 @@ fn switch_table(
             .rev()
             .map(|i| insns.get(i))
             .find(|x| x.kind == Kind::TableLoad && x.op().reg == r)?
-            .target();
+            .table();
     }
     let sec = image.section_at(table)?;
     if sec.exec || sec.data.is_empty() {
@@ -1606,7 +1608,7 @@ fn may_return(
                 && tables.flags(id) == 0
                 && goes_on(insn.kind)
                 && id + 1 < own_end
-                && insns.get(id + 1).addr == insn.end()
+                && insns.get(id + 1).addr() == insn.end()
             {
                 id += 1;
                 continue;
@@ -1690,12 +1692,12 @@ fn may_return(
                 continue;
             }
             let next = id + 1;
-            if next as usize >= insns.len() || insns.get(next).addr != insns.get(id).end() {
+            if next as usize >= insns.len() || insns.get(next).addr() != insns.get(id).end() {
                 return (true, blockers);
             }
             // Inside the node's own range the next instruction is its code: no region test.
             if !(home == start_home && next < own_end
-                || graph.in_region(home, insns.get(next).addr))
+                || graph.in_region(home, insns.get(next).addr()))
             {
                 return (true, blockers);
             }

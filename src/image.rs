@@ -238,13 +238,27 @@ impl<'data> Image<'data> {
                     sh.sh_size(endian)
                 )));
             }
+            let exec = flags & u64::from(elf::SHF_EXECINSTR) != 0;
+            let end = addr + sh.sh_size(endian);
+            if exec
+                && !bytes.is_empty()
+                && !(crate::decode::fits_addr(addr)
+                    && crate::decode::fits_addr(end - 1)
+                    && end - addr < 1 << 31)
+            {
+                // Instructions keep their addresses in 32 bits, sign-extended (see
+                // `decode::Insn`): an x86-64 kernel is linked in the top 2 GiB.
+                return Err(err(format!(
+                    "section {name}: code at {addr:#x}..{end:#x} lies outside the x86-64 kernel's address range (the top 2 GiB of the address space, or the lowest 2 GiB)"
+                )));
+            }
             elf_to_sec[i] = Some(sections.len() as u32);
             sections.push(Section {
                 index: i,
                 name,
                 addr,
                 size: sh.sh_size(endian),
-                exec: flags & u64::from(elf::SHF_EXECINSTR) != 0,
+                exec,
                 data: bytes,
             });
         }

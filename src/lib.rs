@@ -103,20 +103,53 @@ pub struct Timing {
     pub name: &'static str,
     pub wall: Duration,
     pub cpu: Duration,
+    /// The change in the process's anonymous resident memory, in KiB, when
+    /// [`count_memory`] is on (0 otherwise): memory the kernel zeroed for it, which costs
+    /// time of its own.
+    pub anon_kib: i64,
 }
 
-/// A point in wall and process CPU time.
+/// A point in wall and process CPU time (and anonymous memory, see [`count_memory`]).
 #[derive(Clone, Copy)]
 struct Mark {
     wall: Instant,
     cpu: Duration,
+    anon_kib: i64,
+}
+
+static COUNT_MEMORY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether [`Timing`]s note the change in anonymous memory (a read of `/proc/self/statm` at
+/// each step: for `--time`, not for every check).
+pub fn count_memory(on: bool) {
+    COUNT_MEMORY.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The process's anonymous resident memory in KiB (resident minus file-backed and shared
+/// pages), or 0 where `/proc` cannot say.
+fn anon_kib() -> i64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: Vec<i64> = statm
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as i64;
+    match pages[..] {
+        [_, resident, shared, ..] => (resident - shared) * page / 1024,
+        _ => 0,
+    }
 }
 
 impl Mark {
     fn now() -> Mark {
+        let memory = COUNT_MEMORY.load(std::sync::atomic::Ordering::Relaxed);
         Mark {
             wall: Instant::now(),
             cpu: process_cpu(),
+            anon_kib: if memory { anon_kib() } else { 0 },
         }
     }
 
@@ -127,6 +160,7 @@ impl Mark {
             name,
             wall: now.wall - self.wall,
             cpu: now.cpu.saturating_sub(self.cpu),
+            anon_kib: now.anon_kib - self.anon_kib,
         };
         *self = now;
         t
@@ -599,7 +633,7 @@ pub fn describe_function(path: &Path, name: &str) -> Result<Option<String>, Inpu
     callees.sort_by_key(|e| (e.kind, graph.func(e.to).name));
     let _ = writeln!(out, "  callees: {}", callees.len());
     for e in callees {
-        let at = insns.get(e.insn).addr;
+        let at = insns.get(e.insn).addr();
         let _ = writeln!(
             out,
             "    {:<20} {}()  from {:#x}",
@@ -618,7 +652,7 @@ pub fn describe_function(path: &Path, name: &str) -> Result<Option<String>, Inpu
     callers.sort_by_key(|e| (e.kind, graph.func(e.from).name, e.insn));
     let _ = writeln!(out, "  callers: {}", callers.len());
     for e in callers {
-        let at = insns.get(e.insn).addr;
+        let at = insns.get(e.insn).addr();
         let _ = writeln!(
             out,
             "    {:<20} {}()  at {:#x}",

@@ -141,6 +141,7 @@ fn main() -> ExitCode {
 }
 
 fn check(args: CheckArgs) -> ExitCode {
+    stackval::count_memory(args.time);
     let jobs = args.jobs.unwrap_or(0);
     if let Err(e) = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
@@ -237,7 +238,8 @@ fn check(args: CheckArgs) -> ExitCode {
             // Wall time, then the process's CPU time over it: cpu/wall is the cores in use.
             let ms = |t: &stackval::Timing| {
                 let (wall, cpu) = (t.wall.as_secs_f64() * 1e3, t.cpu.as_secs_f64() * 1e3);
-                format!("{wall:>9.3} ms  cpu {cpu:>8.1} ms")
+                let mem = t.anon_kib as f64 / 1024.0;
+                format!("{wall:>9.3} ms  cpu {cpu:>8.1} ms  mem {mem:>+7.1} MB")
             };
             for phase in &s.phases {
                 eprintln!("stackval: time: {:<9} {}", phase.name, ms(phase));

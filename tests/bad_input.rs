@@ -425,3 +425,51 @@ fn overlapping_code_sections_are_checked() {
     );
     assert!(run.stderr.contains("2 functions"), "{}", run.stderr);
 }
+
+/// Code linked outside the address ranges an instruction's address is kept in (32 bits,
+/// sign-extended: the kernel's top 2 GiB, or the lowest 2 GiB) is refused with a clear error,
+/// whichever end of a section lies outside; code at the edges of both ranges is checked.
+#[test]
+fn code_outside_the_kernel_address_range() {
+    let dir = tmpdir("code_outside_the_kernel_address_range");
+    let src = dir.join("x.S");
+    let obj = dir.join("x.o");
+    fs::write(&src, SOURCE).unwrap();
+    run_tool("gcc", &["-c", s(&src), "-o", s(&obj)]);
+    // f() is 6 bytes long.
+    let cases = [
+        ("0x100000000", false),
+        ("0xffffffff7ffffffc", false),
+        ("0x7ffffffc", false),
+        ("0x7ffffffa", true),
+        ("0xffffffff80000000", true),
+        ("0xfffffffffffff000", true),
+    ];
+    for (at, fits) in cases {
+        let elf = dir.join(format!("x-{at}.elf"));
+        run_tool(
+            "ld",
+            &[
+                "-o",
+                s(&elf),
+                "--emit-relocs",
+                &format!("-Ttext={at}"),
+                "-e",
+                "f",
+                s(&obj),
+            ],
+        );
+        if fits {
+            let run = stackval(&dir, &elf);
+            assert!(!run.stderr.contains("panicked"), "{at}: {}", run.stderr);
+            assert_eq!(run.code, Some(0), "{at}: {}", run.stderr);
+            assert!(run.stderr.contains("1 functions"), "{at}: {}", run.stderr);
+        } else {
+            assert_rejected(
+                &dir,
+                &elf,
+                &["section .text", "outside the x86-64 kernel's address range"],
+            );
+        }
+    }
+}

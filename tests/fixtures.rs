@@ -198,15 +198,15 @@ fn batched_decode_matches_one_batch() {
         for (size, split) in &decoded {
             let at = format!("{} in batches of {size}", src.display());
             for (n, i) in split.list.iter().enumerate() {
-                assert_eq!(split.at(i.addr), Some(n as u32), "{at}");
+                assert_eq!(split.at(i.addr()), Some(n as u32), "{at}");
                 if i.len > 1 {
-                    assert_eq!(split.at(i.addr + 1), None, "{at}");
-                    assert_eq!(split.lower_bound(i.addr + 1), n as u32 + 1, "{at}");
+                    assert_eq!(split.at(i.addr() + 1), None, "{at}");
+                    assert_eq!(split.lower_bound(i.addr() + 1), n as u32 + 1, "{at}");
                 }
             }
             // Between sections (and anywhere else no instruction starts), the next one.
             for (n, w) in split.list.windows(2).enumerate() {
-                let (end, next) = (w[0].end(), w[1].addr);
+                let (end, next) = (w[0].end(), w[1].addr());
                 for a in [
                     end,
                     end + next.saturating_sub(end) / 2,
@@ -218,7 +218,7 @@ fn batched_decode_matches_one_batch() {
                 }
             }
             if let Some(first) = split.list.first() {
-                assert_eq!(split.lower_bound(first.addr.saturating_sub(1)), 0, "{at}");
+                assert_eq!(split.lower_bound(first.addr().saturating_sub(1)), 0, "{at}");
             }
         }
         compared += 1;

@@ -169,7 +169,7 @@ fn iret_frame_built(insns: &Insns, id: InsnId) -> bool {
             return false;
         };
         let i = insns.get(p);
-        if i.kind != Kind::Other || i.end() != insns.get(p + 1).addr {
+        if i.kind != Kind::Other || i.end() != insns.get(p + 1).addr() {
             return false;
         }
         match i.op().kind {
@@ -196,10 +196,12 @@ fn padding_neighbours(ctx: &Ctx<'_, '_>, id: InsnId) -> bool {
     let after = insns.list.get(id as usize + 1);
     let here = insns.get(id);
     let before_ok = before
-        .is_some_and(|b| b.end() == here.addr && (pad(b.kind) || g.func_at(b.addr).is_some()));
+        .is_some_and(|b| b.end() == here.addr() && (pad(b.kind) || g.func_at(b.addr()).is_some()));
     let after_ok = after.is_some_and(|a| {
-        a.addr == here.end()
-            && (pad(a.kind) || g.func_at(a.addr).is_some_and(|f| g.func(f).addr == a.addr))
+        a.addr() == here.end()
+            && (pad(a.kind)
+                || g.func_at(a.addr())
+                    .is_some_and(|f| g.func(f).addr == a.addr()))
     });
     before_ok && after_ok
 }
@@ -216,7 +218,7 @@ fn undecodable_in_skipped(ctx: &Ctx<'_, '_>) -> Vec<Finding> {
             (f.first..f.end)
                 .map(|id| ctx.insns.get(id))
                 .find(|i| i.kind == Kind::Invalid)
-                .map(|i| Finding::new(FindingKind::CantDecode, i.addr))
+                .map(|i| Finding::new(FindingKind::CantDecode, i.addr()))
         })
         .collect()
 }
@@ -295,22 +297,22 @@ fn returns_outside_functions(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
             // dead weak-function bodies and undefined-ORC code have real instructions around
             // theirs.
             let in_padding = padding_neighbours(ctx, id);
-            if !in_padding && in_ranges(ctx.sections_unhinted, insn.addr) {
+            if !in_padding && in_ranges(ctx.sections_unhinted, insn.addr()) {
                 return None;
             }
             // The return thunks' own `ret` (their first instruction) implements every return.
-            if ctx.graph.return_thunks.binary_search(&insn.addr).is_ok() {
+            if ctx.graph.return_thunks.binary_search(&insn.addr()).is_ok() {
                 return None;
             }
             let orc_undefined = ctx
                 .tables
                 .orc
                 .as_ref()
-                .and_then(|o| o.lookup(insn.addr))
+                .and_then(|o| o.lookup(insn.addr()))
                 .is_some_and(|(_, e)| matches!(e.kind, OrcType::Undefined | OrcType::EndOfStack));
             Some(
                 (!orc_undefined || in_padding)
-                    .then(|| Finding::new(FindingKind::ReturnOutsideFunction, insn.addr)),
+                    .then(|| Finding::new(FindingKind::ReturnOutsideFunction, insn.addr())),
             )
         })
         .collect();
@@ -611,7 +613,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         });
         while let Some(p) = self.b.work.pop() {
             if let Err(Stop(mut finding)) = self.path(p) {
-                let at = self.ctx.insns.get(root).addr;
+                let at = self.ctx.insns.get(root).addr();
                 if finding.addr != at {
                     finding.message = format!(
                         "{} (on a path from the unwind hint at {at:#x})",
@@ -666,11 +668,11 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     if let Some(prev) = self.b.states.get(id).map(|k| &self.b.saved[k as usize]) {
                         if let Some(detail) = prev.mismatch(&p.state) {
                             return Err(Stop(if fp && prev.frame_pointer_mismatch(&p.state) {
-                                Finding::new(FindingKind::FramePointerMismatch, insn.addr)
+                                Finding::new(FindingKind::FramePointerMismatch, insn.addr())
                             } else {
                                 Finding::with(
                                     FindingKind::StackStateMismatch,
-                                    insn.addr,
+                                    insn.addr(),
                                     format!("stack state mismatch: {detail}"),
                                 )
                             }));
@@ -688,7 +690,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 }
                 if home.is_none() {
                     ctx.code_seen[id as usize / 64].fetch_or(1 << (id % 64), Ordering::Relaxed);
-                    match ctx.tables.orc.as_ref().and_then(|o| o.at(insn.addr)) {
+                    match ctx.tables.orc.as_ref().and_then(|o| o.at(insn.addr())) {
                         // pt_regs frames and places with no unwind information are the
                         // unwinder's business, not the call-frame rules'.
                         Some(e) if e.kind != OrcType::Call => return Ok(()),
@@ -701,7 +703,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                         _ => {}
                     }
                 } else if let Some(orc) = ctx.orc {
-                    self.verify_orc(orc, insn.addr, &p.state);
+                    self.verify_orc(orc, insn.addr(), &p.state);
                 }
                 // Paths the kernel's tables add, walked first, with the state before this
                 // instruction; the instruction itself resumes afterwards.
@@ -719,7 +721,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     }
                     for i in (0..self.b.extra.len()).rev() {
                         let d = self.b.extra[i];
-                        self.follow(d, home, insn.addr, p.state)?;
+                        self.follow(d, home, insn.addr(), p.state)?;
                     }
                     return Ok(());
                 }
@@ -737,7 +739,10 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     _ => false,
                 };
                 if !special_call {
-                    return Err(Stop(Finding::new(FindingKind::CallWithoutFrame, insn.addr)));
+                    return Err(Stop(Finding::new(
+                        FindingKind::CallWithoutFrame,
+                        insn.addr(),
+                    )));
                 }
             }
             let op = insn.op();
@@ -762,7 +767,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     StackError::UnknownInsn => FindingKind::UnknownStackInstruction,
                     StackError::SpModification => FindingKind::UnsupportedStackModification,
                 };
-                return Err(Stop(Finding::new(kind, insn.addr)));
+                return Err(Stop(Finding::new(kind, insn.addr())));
             }
             match step {
                 Step::Next | Step::CallIndirect => {
@@ -771,7 +776,10 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     if insn.kind == Kind::Iretq
                         && (p.state.stack_size < 8 || !iret_frame_built(insns, id))
                     {
-                        return Err(Stop(Finding::new(FindingKind::KernelEntryExit, insn.addr)));
+                        return Err(Stop(Finding::new(
+                            FindingKind::KernelEntryExit,
+                            insn.addr(),
+                        )));
                     }
                 }
                 Step::Call(Dest::Entry(g)) => {
@@ -792,7 +800,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     // the code at the target, and nothing returns to after the call.
                     let mut pushed = p.state;
                     pushed.slot(8).map_err(|_| {
-                        Stop(Finding::new(FindingKind::UndefinedStackState, insn.addr))
+                        Stop(Finding::new(FindingKind::UndefinedStackState, insn.addr()))
                     })?;
                     pushed.intra = pushed.stack_size;
                     self.b.work.push(Pending {
@@ -817,7 +825,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                             confirmed: self.orc_confirmed,
                         });
                     }
-                    match self.dest(d, home, insn.addr, &p.state)? {
+                    match self.dest(d, home, insn.addr(), &p.state)? {
                         Some((target, target_home)) => {
                             (id, home, mode) = (target, target_home, Mode::Enter);
                             continue;
@@ -837,7 +845,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     }
                     return Ok(());
                 }
-                Step::Dynamic | Step::FarJump => return self.sibling(insn.addr, &p.state),
+                Step::Dynamic | Step::FarJump => return self.sibling(insn.addr(), &p.state),
                 Step::Return | Step::CondReturn
                     if p.state.intra != 0 && p.state.intra == p.state.stack_size =>
                 {
@@ -847,9 +855,9 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     let mut popped = p.state;
                     popped.intra = 0;
                     popped.slot(-8).map_err(|_| {
-                        Stop(Finding::new(FindingKind::UndefinedStackState, insn.addr))
+                        Stop(Finding::new(FindingKind::UndefinedStackState, insn.addr()))
                     })?;
-                    self.sibling(insn.addr, &popped)?;
+                    self.sibling(insn.addr(), &popped)?;
                     if step == Step::Return {
                         return Ok(());
                     }
@@ -858,7 +866,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                     if p.state.modified() && !self.hint_walk {
                         return Err(Stop(Finding::new(
                             FindingKind::ReturnModifiedFrame,
-                            insn.addr,
+                            insn.addr(),
                         )));
                     }
                     if step == Step::Return {
@@ -869,10 +877,13 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 // Entry code outside functions may leave the kernel; a callable function not.
                 Step::ContextSwitch if self.hint_walk => return Ok(()),
                 Step::ContextSwitch => {
-                    return Err(Stop(Finding::new(FindingKind::KernelEntryExit, insn.addr)))
+                    return Err(Stop(Finding::new(
+                        FindingKind::KernelEntryExit,
+                        insn.addr(),
+                    )))
                 }
                 Step::Invalid => {
-                    return Err(Stop(Finding::new(FindingKind::CantDecode, insn.addr)))
+                    return Err(Stop(Finding::new(FindingKind::CantDecode, insn.addr())))
                 }
             }
             mode = Mode::FallFrom;
@@ -901,7 +912,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             let plain = matches!(n.kind, Kind::Other | Kind::Nop)
                 && n.op().kind == crate::decode::OpKind::None;
             if !plain
-                || n.addr != insn.end()
+                || n.addr() != insn.end()
                 || tables.flags(next) & (JUMP_LABEL | EX_FAULT | ALT_START) != 0
                 || ctx.graph.is_target(next)
             {
@@ -911,7 +922,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 return None;
             }
             if let Some(orc) = ctx.orc {
-                self.verify_orc(orc, n.addr, state);
+                self.verify_orc(orc, n.addr(), state);
             }
             id = next;
         }
@@ -932,15 +943,15 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             return Ok((back, back_home));
         }
         let next = id + 1;
-        if next as usize >= insns.len() || insns.get(next).addr != insn.end() {
-            return Err(Stop(Finding::new(FindingKind::EndOfSection, insn.addr)));
+        if next as usize >= insns.len() || insns.get(next).addr() != insn.end() {
+            return Err(Stop(Finding::new(FindingKind::EndOfSection, insn.addr())));
         }
         // Most instructions are followed by the next one of the function's own range: its
         // code, no region test needed.
         if home == Some(self.f) && next < self.own_end {
             return Ok((next, home));
         }
-        let next_addr = insns.get(next).addr;
+        let next_addr = insns.get(next).addr();
         if self.hint_walk && home.is_none() {
             // Code outside functions may run on into a function, as objtool allows.
             let next_home = ctx.graph.func_of(next).map(|g| ctx.graph.home(g));
@@ -1025,7 +1036,7 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             id > 0 && {
                 let prev = insns.get(id - 1);
                 prev.kind == Kind::Call
-                    && prev.end() == insns.get(id).addr
+                    && prev.end() == insns.get(id).addr()
                     && match g.resolve_branch(insns, Some(self.f), id - 1) {
                         Dest::Entry(callee) => g.noreturn[callee as usize],
                         Dest::Code(t) | Dest::Label(t) => g.code_is_noreturn(t),
@@ -1043,7 +1054,10 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
                 dead_run = (dead_run && id == from) || after_noreturn_call(id);
                 let insn = insns.get(id);
                 if !dead_run && !padding(insn.kind) {
-                    return Some(Finding::new(FindingKind::UnreachableInstruction, insn.addr));
+                    return Some(Finding::new(
+                        FindingKind::UnreachableInstruction,
+                        insn.addr(),
+                    ));
                 }
                 from = id + 1;
             }
