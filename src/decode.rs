@@ -520,14 +520,14 @@ impl AddrIndex {
         let span = last.addr() - lo;
         let shift = Self::shift_for(span);
         let blocks = (span >> shift) as usize + 1;
-        let block = |addr: u64| Some(((addr - lo) >> shift) as usize);
+        let block = |addr: u64| ((addr - lo) >> shift) as usize;
         let out: Vec<AtomicU32> = (0..=blocks).map(|_| AtomicU32::new(0)).collect();
         let starts = start_bits(shift, blocks);
         const CHUNK: usize = 1 << 16;
         list.par_chunks(CHUNK).enumerate().for_each(|(c, chunk)| {
             let base = c * CHUNK;
-            let prev = base.checked_sub(1).and_then(|p| block(list[p].addr()));
-            index_blocks(&out, &starts, lo, &block, prev, chunk, base);
+            let prev = base.checked_sub(1).map(|p| block(list[p].addr()));
+            index_blocks(&out, &starts, lo, shift, prev, chunk, base);
         });
         out[blocks].store(list.len() as InsnId, Ordering::Relaxed);
         AddrIndex {
@@ -878,7 +878,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
             &index,
             &starts,
             lo,
-            &block,
+            shift,
             prev_last.and_then(block),
             placed,
             start,
@@ -1196,7 +1196,8 @@ impl Sides {
 /// Enters `insns`, list indexes `base..`, in a block index: each is the first instruction at
 /// or after the starts of the blocks after the one of the instruction before it, up to its own
 /// (`prev`: the block of the instruction before `insns[0]`, if any). `index` has one entry per
-/// block and one more (the list's length, not written here); each block is written by one
+/// block (`1 << shift` bytes each from `lo`) and one more (the list's length, not written
+/// here); each block is written by one
 /// instruction, and an instruction outside the blocks writes none. Sets each instruction's
 /// bit in `starts` (blocks `lo` + 64 bytes each), unless that is empty; a block's word is
 /// shared with the batches before and after it, so it is or-ed in once per block.
@@ -1204,43 +1205,45 @@ fn index_blocks(
     index: &[std::sync::atomic::AtomicU32],
     starts: &[std::sync::atomic::AtomicU64],
     lo: u64,
-    block: &impl Fn(u64) -> Option<usize>,
+    shift: u32,
     mut prev: Option<usize>,
     insns: &[Insn],
     base: usize,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    // The start bits of block `acc.0` not yet or-ed in.
-    let mut acc: Option<(usize, u64)> = None;
-    let flush = |acc: Option<(usize, u64)>| {
-        if let Some((b, bits)) = acc {
-            starts[b].fetch_or(bits, Relaxed);
-        }
-    };
+    let blocks = index.len().saturating_sub(1);
+    // The block of the instruction before (none yet: `usize::MAX`), and its start bits not
+    // yet or-ed in.
+    let (mut cur, mut bits) = (usize::MAX, 0u64);
     for (k, insn) in insns.iter().enumerate() {
-        let Some(cur) = block(insn.addr()).filter(|&c| c + 1 < index.len()) else {
+        let Some(d) = insn.addr().checked_sub(lo) else {
             continue;
         };
-        if !starts.is_empty() {
-            let bit = 1u64 << ((insn.addr() - lo) & 63);
-            match &mut acc {
-                Some((b, bits)) if *b == cur => *bits |= bit,
-                _ => {
-                    flush(acc);
-                    acc = Some((cur, bit));
-                }
-            }
+        let b = (d >> shift) as usize;
+        if b == cur {
+            // Most instructions share their block with the one before.
+            bits |= 1 << (d & 63);
+            continue;
         }
-        if prev == Some(cur) {
-            continue; // most instructions share their block with the one before
+        if b >= blocks {
+            continue;
+        }
+        if !starts.is_empty() && cur != usize::MAX {
+            starts[cur].fetch_or(bits, Relaxed);
+        }
+        (cur, bits) = (b, 1 << (d & 63));
+        if prev == Some(b) {
+            continue;
         }
         let from = prev.map_or(0, |p| p + 1);
-        for slot in index.get(from..=cur).unwrap_or(&[]) {
+        for slot in index.get(from..=b).unwrap_or(&[]) {
             slot.store((base + k) as InsnId, Relaxed);
         }
-        prev = Some(prev.map_or(cur, |p| p.max(cur)));
+        prev = Some(prev.map_or(b, |p| p.max(b)));
     }
-    flush(acc);
+    if !starts.is_empty() && cur != usize::MAX {
+        starts[cur].fetch_or(bits, Relaxed);
+    }
 }
 
 /// The list's slots, written by several threads at once, each to its own range.
@@ -2230,7 +2233,7 @@ mod tests {
             let index: Vec<AtomicU32> = (0..=blocks).map(|_| AtomicU32::new(u32::MAX)).collect();
             let mut prev = None;
             for (c, chunk) in list.chunks(cut).enumerate() {
-                index_blocks(&index, &[], BASE, &block, prev, chunk, c * cut);
+                index_blocks(&index, &[], BASE, 6, prev, chunk, c * cut);
                 prev = chunk.last().and_then(|l| block(l.addr()));
             }
             let got: Vec<u32> = index[..blocks]
