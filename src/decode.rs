@@ -622,7 +622,7 @@ impl Insns {
 
     /// Resolves the branches marked [`RESOLVE_LATER`] against the whole list: `later` holds,
     /// for the calls and for the jumps, their targets and their positions in the side list.
-    fn resolve_later(&mut self, later: [Vec<(u64, u32)>; 2]) {
+    fn resolve_later(&mut self, later: [Vec<(u32, u32)>; 2]) {
         let mut calls = std::mem::take(&mut self.calls);
         let mut jumps = std::mem::take(&mut self.jumps);
         let [later_calls, later_jumps] = later;
@@ -651,25 +651,32 @@ impl Insns {
         self.jumps = jumps;
     }
 
-    /// Resolves the targets `want` (address, position in `side`) of one side list's branches,
-    /// in `side`; returns those (branch, target) pairs in the side list's order, which is the
+    /// Resolves the targets `want` (see [`Sides::later`]) of one side list's branches, in
+    /// `side`; returns those (branch, target) pairs in the side list's order, which is the
     /// branches'.
     fn resolve_side(
         &self,
         side: &mut [(InsnId, InsnId)],
-        mut want: Vec<(u64, u32)>,
+        want: Vec<(u32, u32)>,
     ) -> Vec<(InsnId, InsnId)> {
-        let open: Vec<u32> = want.iter().map(|w| w.1).collect();
-        let ids: Vec<InsnId> = if !self.index.starts.is_empty() {
+        let open: Vec<u32> = want.iter().map(|w| w.1 & !NOWHERE).collect();
+        let addr = |&(t, k): &(u32, u32)| (k & NOWHERE == 0).then_some(t as i32 as i64 as u64);
+        if !self.index.starts.is_empty() {
             // A lookup reads two small arrays: in any order, and no sort first (which took
             // about a third of this step).
-            want.par_iter()
+            let ids: Vec<InsnId> = want
+                .par_iter()
                 .with_min_len(4096)
-                .map(|&(t, _)| self.at(t).unwrap_or(NO_INSN))
-                .collect()
+                .map(|w| addr(w).and_then(|a| self.at(a)).unwrap_or(NO_INSN))
+                .collect();
+            for (&(_, k), &to) in want.iter().zip(&ids) {
+                side[(k & !NOWHERE) as usize].1 = to;
+            }
         } else {
             // A lookup searches the list: looked up in address order, the searches walk the
             // list forwards, and the many calls to one function find it in cache.
+            let mut want: Vec<(u64, u32)> =
+                want.iter().filter_map(|w| Some((addr(w)?, w.1))).collect();
             sort_by_address(&mut want);
             // Many branches share a target (a kernel has a tenth as many distinct targets):
             // sorted, they come together, and each stretch looks a target up once.
@@ -686,10 +693,12 @@ impl Insns {
                         last = Some((t, *id));
                     }
                 });
-            ids
-        };
-        for (&(_, k), &to) in want.iter().zip(&ids) {
-            side[k as usize].1 = to;
+            for &k in &open {
+                side[k as usize].1 = NO_INSN;
+            }
+            for (&(_, k), &to) in want.iter().zip(&ids) {
+                side[k as usize].1 = to;
+            }
         }
         open.iter().map(|&k| side[k as usize]).collect()
     }
@@ -1111,9 +1120,14 @@ struct Sides {
     returns: Vec<InsnId>,
     indirect_jumps: Vec<InsnId>,
     /// The calls' and the jumps' targets still to resolve ([`RESOLVE_LATER`]): the address
-    /// and the position in `calls` or `jumps`, noted while the branch is in cache.
-    later: [Vec<(u64, u32)>; 2],
+    /// (its low 32 bits: an instruction's address is their sign extension, see [`fits_addr`])
+    /// and the position in `calls` or `jumps`, noted while the branch is in cache; the
+    /// position has [`NOWHERE`] set when the target cannot be an instruction's address.
+    later: [Vec<(u32, u32)>; 2],
 }
+
+/// See [`Sides::later`].
+const NOWHERE: u32 = 1 << 31;
 
 impl Sides {
     /// The batches' lists one after another (positions in `later` moved along), copied in
@@ -1186,7 +1200,12 @@ impl Sides {
                 _ => continue,
             };
             if to == RESOLVE_LATER {
-                later.push((i.unresolved_target(), side.len() as u32));
+                let (t, k) = (i.unresolved_target(), side.len() as u32);
+                later.push(if fits_addr(t) {
+                    (t as u32, k)
+                } else {
+                    (0, k | NOWHERE)
+                });
             }
             side.push((id, to));
         }
@@ -2002,6 +2021,41 @@ mod tests {
             assert_eq!(insns.lower_bound(BASE + 1), 1);
             assert_eq!(insns.lower_bound(BASE + 6), 2);
             assert_eq!(insns.lower_bound(far + 3), 4);
+        }
+    }
+
+    #[test]
+    fn branches_to_where_no_code_can_be_resolve_to_nothing() {
+        // Calls from the kernel's range to 1.75 GiB below it and from low code to just above
+        // 2 GiB: near branches (their displacements fit) whose targets no instruction's
+        // address can be, beside a jump back that does land; with the code close together
+        // (start bits) and 1 GiB apart (sorted lookups).
+        for (base, far) in [(BASE, BASE - 0x7000_0000), (0x3000_0000, 0x8000_0000)] {
+            // The address the target's low 32 bits would stand for holds code in the last case.
+            let alias = far as u32 as i32 as i64 as u64;
+            for (gap, aliased) in [(0x100u64, false), (1 << 30, false), (0x100, true)] {
+                let mut list = vec![Insn::new(base, 5, Kind::Call, far, StackOp::NONE)];
+                decode_into(base + 5, &[0xc3], &mut list);
+                list.push(Insn::new(
+                    base + gap,
+                    5,
+                    Kind::Jump,
+                    base + 5,
+                    StackOp::NONE,
+                ));
+                if aliased {
+                    decode_into(alias, &[0xc3], &mut list);
+                    list.sort_by_key(|i| i.addr());
+                }
+                let insns = Insns::new(list, 12);
+                let at = format!("{base:#x}, gap {gap:#x}, aliased {aliased}");
+                let id = |a: u64| insns.at(a).unwrap();
+                let with_bits = gap < 1 << 20 && !aliased;
+                assert_eq!(insns.index.starts.is_empty(), !with_bits, "{at}");
+                assert_eq!(insns.get(id(base)).kind, Kind::Call, "{at}");
+                assert_eq!(insns.target(id(base)), None, "{at}");
+                assert_eq!(insns.target(id(base + gap)), Some(id(base + 5)), "{at}");
+            }
         }
     }
 
