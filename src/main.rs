@@ -78,7 +78,8 @@ struct CheckArgs {
     /// Never show the progress bar (it only shows when stderr is a terminal).
     #[arg(long)]
     no_progress: bool,
-    /// Print each phase's and step's wall and CPU time, and the work done, to stderr.
+    /// Print each phase's and step's wall and CPU time, its change in anonymous memory, and the
+    /// work done, to stderr.
     #[arg(long)]
     time: bool,
     /// Findings are errors: label them `error:` (a build step should fail on exit status 1;
