@@ -721,6 +721,17 @@ impl Insns {
             .then_some(id)
     }
 
+    /// [`Insns::lower_bound`], and whether that instruction starts exactly at `addr`: with
+    /// start bits, without reading the list (a cache miss per lookup).
+    pub fn lower_bound_at(&self, addr: u64) -> (InsnId, bool) {
+        if let Some((id, hit)) = self.index.by_bits(addr) {
+            return (id as InsnId, hit);
+        }
+        let id = self.lower_bound(addr);
+        let hit = self.list.get(id as usize).is_some_and(|i| i.addr() == addr);
+        (id, hit)
+    }
+
     /// The first instruction at or after `addr`.
     pub fn lower_bound(&self, addr: u64) -> InsnId {
         if let Some((id, _)) = self.index.by_bits(addr) {
@@ -2016,6 +2027,10 @@ mod tests {
             assert_eq!(insns.calls, [(0, 2)]);
             for (n, i) in insns.list.iter().enumerate() {
                 assert_eq!(insns.at(i.addr()), Some(n as u32), "gap {gap:#x}");
+                assert_eq!(insns.lower_bound_at(i.addr()), (n as u32, true));
+                let a = i.addr() + 1;
+                let after = (insns.lower_bound(a), insns.at(a).is_some());
+                assert_eq!(insns.lower_bound_at(a), after, "gap {gap:#x}");
             }
             assert_eq!(insns.at(BASE + 1), None);
             assert_eq!(insns.lower_bound(BASE + 1), 1);

@@ -697,7 +697,7 @@ fn collect_funcs<'data>(image: &Image<'data>, insns: &Insns) -> Vec<Func<'data>>
     });
     candidates.dedup_by_key(|s| s.addr);
     funcs.par_extend(candidates.par_iter().map(|s| {
-        let first = insns.lower_bound(s.addr);
+        let (first, entry_at_first) = insns.lower_bound_at(s.addr);
         Func {
             name: s.name,
             addr: s.addr,
@@ -709,10 +709,7 @@ fn collect_funcs<'data>(image: &Image<'data>, insns: &Insns) -> Vec<Func<'data>>
             skip: is_prefix(s.name).then_some(Skip::Prefix),
             has_nested: false,
             // Sizes are positive: an instruction at the address is inside the range.
-            entry_at_first: insns
-                .list
-                .get(first as usize)
-                .is_some_and(|i| i.addr() == s.addr),
+            entry_at_first,
         }
     }));
     for i in 1..funcs.len() {
@@ -1550,6 +1547,34 @@ fn declared_noreturn(graph: &Graph<'_>, insns: &Insns) -> Vec<u32> {
     out
 }
 
+/// From instruction `id` of a node's own range (already marked reached), past those that only
+/// go on to the next one, with no table entry, as the full step in [`may_return`] would go:
+/// the first that does something else, or `None` when the run reaches one already reached. A
+/// loop of its own, so that its few values stay in registers (inside the walk's loop they were
+/// reloaded from the stack at every instruction).
+fn skip_plain(
+    insns: &Insns,
+    tables: &Tables,
+    seen: &mut Visited,
+    mut id: InsnId,
+    own_end: InsnId,
+) -> Option<InsnId> {
+    loop {
+        let insn = insns.get(id);
+        if tables.flags(id) != 0
+            || !goes_on(insn.kind)
+            || id + 1 >= own_end
+            || insns.get(id + 1).addr() != insn.end()
+        {
+            return Some(id);
+        }
+        id += 1;
+        if !seen.insert(id) {
+            return None;
+        }
+    }
+}
+
 /// What a [`may_return`] walk fills as it goes, kept by each worker thread from walk to walk.
 #[derive(Default)]
 struct ReturnWalk {
@@ -1601,17 +1626,11 @@ fn may_return(
             if !seen.insert(id) {
                 break;
             }
-            // An instruction of the node's own range that only goes on to the next one, with
-            // no table entry: straight to the next, as the full step below would go.
-            let insn = insns.get(id);
-            if home == start_home
-                && tables.flags(id) == 0
-                && goes_on(insn.kind)
-                && id + 1 < own_end
-                && insns.get(id + 1).addr() == insn.end()
-            {
-                id += 1;
-                continue;
+            if home == start_home {
+                match skip_plain(insns, tables, seen, id, own_end) {
+                    Some(last) => id = last,
+                    None => break,
+                }
             }
             let mut go = |d: Dest, work: &mut Vec<(InsnId, Option<FuncId>)>| -> Option<bool> {
                 match d {
