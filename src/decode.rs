@@ -1484,6 +1484,18 @@ fn search_near(list: &[Insn], from: usize, addr: u64) -> Option<usize> {
         .map(|i| lo + i)
 }
 
+/// How many int3 bytes (`0xcc`) `bytes` starts with: eight at a time through linker fill (4 M
+/// bytes of Debian's 6.1), then one by one.
+fn int3_run(bytes: &[u8]) -> usize {
+    const FILL: u64 = u64::from_ne_bytes([0xcc; 8]);
+    let words = bytes.chunks_exact(8);
+    let mut n = 8 * words
+        .take_while(|w| u64::from_ne_bytes((*w).try_into().unwrap_or_default()) == FILL)
+        .count();
+    n += bytes[n..].iter().take_while(|&&b| b == 0xcc).count();
+    n
+}
+
 /// Decodes `bytes`, which live at `addr`, appending to `out`.
 pub fn decode_into(addr: u64, bytes: &[u8], out: &mut Vec<Insn>) {
     decode_with(addr, bytes, 0, bytes.len(), &mut Iced::default(), |insn| {
@@ -1525,7 +1537,7 @@ fn decode_with<'d>(
     let mut behind = true;
     while pos < bytes.len() {
         if bytes[pos] == 0xcc && pos >= short_run_end {
-            let run = bytes[pos..].iter().take_while(|&&b| b == 0xcc).count();
+            let run = int3_run(&bytes[pos..]);
             if run >= INT3_RUN {
                 let end = pos + run;
                 while pos < end {
@@ -2070,6 +2082,21 @@ mod tests {
                 assert_eq!(insns.get(id(base)).kind, Kind::Call, "{at}");
                 assert_eq!(insns.target(id(base)), None, "{at}");
                 assert_eq!(insns.target(id(base + gap)), Some(id(base + 5)), "{at}");
+            }
+        }
+    }
+
+    #[test]
+    fn int3_runs_are_counted_to_the_byte() {
+        for len in 0..40 {
+            for tail in [None, Some(0x90u8), Some(0xcd)] {
+                let mut bytes = vec![0xcc; len];
+                bytes.extend(tail);
+                assert_eq!(int3_run(&bytes), len, "{len} bytes, then {tail:?}");
+                // Not from the start: the run begins at the first byte or not at all.
+                let mut shifted = vec![0x90];
+                shifted.extend(&bytes);
+                assert_eq!(int3_run(&shifted), 0);
             }
         }
     }
