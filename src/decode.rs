@@ -173,7 +173,7 @@ pub fn fits_addr(addr: u64) -> bool {
 }
 
 impl Insn {
-    /// `target`: a direct branch's target or a table's address (see [`Insn::data`]). `addr`
+    /// `target`: a direct branch's target or a table's address (see the `data` field). `addr`
     /// must [`fits_addr`].
     pub fn new(addr: u64, len: u8, kind: Kind, target: u64, op: StackOp) -> Insn {
         debug_assert!(fits_addr(addr), "instruction address {addr:#x}");
@@ -1496,7 +1496,8 @@ fn int3_run(bytes: &[u8]) -> usize {
     n
 }
 
-/// Decodes `bytes`, which live at `addr`, appending to `out`.
+/// Decodes `bytes`, which live at `addr`, appending to `out`. The direct branches in `out` are
+/// not resolved (their targets are displacements until [`Insns::new`] takes the list).
 pub fn decode_into(addr: u64, bytes: &[u8], out: &mut Vec<Insn>) {
     decode_with(addr, bytes, 0, bytes.len(), &mut Iced::default(), |insn| {
         out.push(insn)
