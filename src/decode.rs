@@ -1,7 +1,7 @@
 //! Decoding: every executable byte of the image is decoded once into a compact [`Insn`]: its
 //! length, what kind of control flow it is, the resolved target of a direct branch, and the one
 //! stack-pointer effect ([`StackOp`]) the stack-state walk needs. iced-x86 decodes whatever the
-//! simple forms of [`quick`] do not (about one in forty of a kernel's instructions, among
+//! simple forms of `quick` do not (about one in forty of a kernel's instructions, among
 //! them every one that names the stack pointer as a register); the two agree wherever both
 //! apply, which the tests show.
 //!
