@@ -711,14 +711,8 @@ impl Insns {
 
     /// The instruction starting exactly at `addr`.
     pub fn at(&self, addr: u64) -> Option<InsnId> {
-        if let Some((id, hit)) = self.index.by_bits(addr) {
-            return hit.then_some(id as InsnId);
-        }
-        let id = self.lower_bound(addr);
-        self.list
-            .get(id as usize)
-            .is_some_and(|i| i.addr() == addr)
-            .then_some(id)
+        let (id, hit) = self.lower_bound_at(addr);
+        hit.then_some(id)
     }
 
     /// [`Insns::lower_bound`], and whether that instruction starts exactly at `addr`: with
