@@ -25,9 +25,10 @@ apt_update() {
 apt_ready() {
     # apt-cache needs the package lists: fetch them if they are missing or over a week old (a
     # stale list names packages the mirror no longer has, or lacks a release added since).
+    # Lists that lack a wanted package are refreshed by newest_pkg.
     local newest
     newest=$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mtime -7 2>/dev/null | head -1)
-    if [ -z "$newest" ] || [ -z "$(apt-cache search --names-only 'linux-image-6\.1\.0-.*-cloud-amd64-dbg' 2>/dev/null | head -1)" ]; then
+    if [ -z "$newest" ]; then
         apt_update
     fi
 }
