@@ -22,13 +22,10 @@ use crate::kernel::{self, Tables};
 
 pub type FuncId = u32;
 
-/// `Graph::insn_func` of an instruction no function holds.
-pub const NO_FUNC: FuncId = FuncId::MAX;
-
-/// The function an instruction-to-function array gives for `id`.
+/// The function an instruction-to-function array ([`insn_funcs`]: the function's id plus one,
+/// 0 for none) gives for `id`.
 fn owner(insn_func: &[FuncId], id: InsnId) -> Option<FuncId> {
-    let f = insn_func[id as usize];
-    (f != NO_FUNC).then_some(f)
+    insn_func[id as usize].checked_sub(1)
 }
 
 /// A bit per instruction of `0..n`, set for those in any of `ranges`: a test that fits in
@@ -274,7 +271,7 @@ impl Edges {
 
 pub struct Graph<'data> {
     pub funcs: Vec<Func<'data>>,
-    /// For every instruction, the innermost function whose range holds it, or [`NO_FUNC`].
+    /// For every instruction, the innermost function whose range holds it (see [`owner`]).
     insn_func: Vec<FuncId>,
     /// Cold parts of each function: `cold[cold_start[f]..cold_start[f+1]]`.
     cold: Vec<FuncId>,
@@ -724,15 +721,16 @@ fn collect_funcs<'data>(image: &Image<'data>, insns: &Insns) -> Vec<Func<'data>>
     funcs
 }
 
-/// For every instruction, the innermost function holding it. Functions are sorted by address,
-/// so a function nested in another is filled after it and wins over its range.
+/// For every instruction, the innermost function holding it, plus one; 0 where none does (see
+/// [`owner`]). Functions are sorted by address, so a function nested in another is filled
+/// after it and wins over its range.
 fn insn_funcs(funcs: &[Func<'_>], n: usize) -> Vec<FuncId> {
     insn_funcs_in(funcs, n, 1 << 18)
 }
 
 fn insn_funcs_in(funcs: &[Func<'_>], n: usize, chunk_len: usize) -> Vec<FuncId> {
-    // Zeroed memory comes from the system already cleared; the real initial value is written
-    // in parallel below, stretch by stretch.
+    // Zeroed memory comes from the system already cleared, and 0 is "no function": only the
+    // functions' ranges are written, in parallel below, stretch by stretch.
     let mut out = vec![0; n];
     // reach[k]: the furthest any of the first k + 1 functions extends.
     let reach: Vec<InsnId> = funcs
@@ -752,11 +750,10 @@ fn insn_funcs_in(funcs: &[Func<'_>], n: usize, chunk_len: usize) -> Vec<FuncId> 
             // that may reach past `lo`) to `last` (the first starting at or after `hi`) can overlap.
             let last = funcs.partition_point(|f| (f.first as usize) < hi);
             let i = reach.partition_point(|&r| (r as usize) <= lo);
-            chunk.fill(NO_FUNC);
             for (k, f) in funcs.iter().enumerate().take(last).skip(i) {
                 let (a, b) = ((f.first as usize).max(lo), (f.end as usize).min(hi));
                 if a < b {
-                    chunk[a - lo..b - lo].fill(k as FuncId);
+                    chunk[a - lo..b - lo].fill(k as FuncId + 1);
                 }
             }
         });
@@ -1871,12 +1868,14 @@ mod tests {
                 entry_at_first: first < end,
             })
             .collect();
-        let mut serial = vec![NO_FUNC; 64];
+        let mut serial = vec![None; 64];
         for (k, f) in funcs.iter().enumerate() {
-            serial[f.first as usize..f.end as usize].fill(k as FuncId);
+            serial[f.first as usize..f.end as usize].fill(Some(k as FuncId));
         }
         for chunk in [1, 2, 3, 7, 64] {
-            assert_eq!(insn_funcs_in(&funcs, 64, chunk), serial, "chunk {chunk}");
+            let table = insn_funcs_in(&funcs, 64, chunk);
+            let owners: Vec<Option<FuncId>> = (0..64).map(|id| owner(&table, id)).collect();
+            assert_eq!(owners, serial, "chunk {chunk}");
         }
     }
 
