@@ -327,10 +327,15 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
 
     // The kernel's tables and the functions (which need no table) at once: each has
     // stretches that keep one core only. The functions' steps are recorded on the worker
-    // thread that finds them and shown with this thread's.
-    let (tables, (functions, steps)) = rayon::join(
+    // thread that finds them and shown with this thread's. The code ranges the walks need
+    // (a pass over the symbols, on one core) fill a gap too.
+    let (tables, ((functions, steps), (sections, unhinted))) = rayon::join(
         || kernel::read(&image, &insns),
-        recorded(|| graph::functions(&image, &insns)),
+        || {
+            rayon::join(recorded(|| graph::functions(&image, &insns)), || {
+                code_ranges(&image)
+            })
+        },
     );
     LAPS.with(|l| l.borrow_mut().extend(steps));
     timer.phase("tables+functions");
@@ -352,7 +357,6 @@ pub fn check_image(path: &Path, opts: &Options) -> Result<Checked, InputError> {
         bar
     });
     let verify_orc = opts.verify_orc.unwrap_or(true) && tables.orc.is_some();
-    let (sections, unhinted) = code_ranges(&image);
     let outcome = check::run(
         &insns,
         &graph,
