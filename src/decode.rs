@@ -521,7 +521,7 @@ impl AddrIndex {
         let shift = Self::shift_for(span);
         let blocks = (span >> shift) as usize + 1;
         let block = |addr: u64| ((addr - lo) >> shift) as usize;
-        let out: Vec<AtomicU32> = (0..=blocks).map(|_| AtomicU32::new(0)).collect();
+        let out = zeroed_u32s(blocks + 1);
         let starts = start_bits(shift, blocks);
         const CHUNK: usize = 1 << 16;
         list.par_chunks(CHUNK).enumerate().for_each(|(c, chunk)| {
@@ -574,12 +574,24 @@ impl AddrIndex {
 }
 
 /// Zeroed start bits for an instruction index of `blocks` blocks, if its blocks have one bit
-/// per byte.
+/// per byte (as [`zeroed_u32s`]).
 fn start_bits(shift: u32, blocks: usize) -> Vec<std::sync::atomic::AtomicU64> {
     let n = if shift == STARTS_SHIFT { blocks } else { 0 };
-    (0..n)
-        .map(|_| std::sync::atomic::AtomicU64::new(0))
-        .collect()
+    let mut v = std::mem::ManuallyDrop::new(vec![0u64; n]);
+    // SAFETY: an AtomicU64 has the same size, alignment and bit validity as a u64; the
+    // allocation passes whole (pointer, length and capacity) from one vector to the other.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast(), v.len(), v.capacity()) }
+}
+
+/// `n` atomic zeros, in memory the system hands out already cleared ([`vec!`] of zeros), rather
+/// than written one by one: an index's blocks are written once more by whichever worker fills
+/// them, and on a fresh mapping a page no block of which is written (the address gap between
+/// the kernel's `.text` and `.init.text`) is never faulted in at all.
+fn zeroed_u32s(n: usize) -> Vec<std::sync::atomic::AtomicU32> {
+    let mut v = std::mem::ManuallyDrop::new(vec![0u32; n]);
+    // SAFETY: an AtomicU32 has the same size, alignment and bit validity as a u32; the
+    // allocation passes whole (pointer, length and capacity) from one vector to the other.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast(), v.len(), v.capacity()) }
 }
 
 /// A side list's target while decoding: a direct branch out of the batch being decoded,
@@ -851,7 +863,7 @@ pub fn decode_image_in(image: &Image<'_>, batch: usize) -> Insns {
     let hi = pieces.last().map_or(0, |p| p.0 + p.1.len() as u64);
     let shift = AddrIndex::shift_for(hi.saturating_sub(lo));
     let blocks = (hi.saturating_sub(lo) >> shift) as usize + 1;
-    let index: Vec<AtomicU32> = (0..=blocks).map(|_| AtomicU32::new(0)).collect();
+    let index = zeroed_u32s(blocks + 1);
     let starts = start_bits(shift, blocks);
     let block = |addr: u64| addr.checked_sub(lo).map(|d| (d >> shift) as usize);
     let next = AtomicUsize::new(0);
