@@ -116,21 +116,26 @@ pub fn run(
         .filter(|&f| graph.func(f).skip.is_none())
         .collect();
     let buffers = crate::PerWorker::<Buffers>::new();
-    let functions: Vec<FuncResult> = roots
-        .par_iter()
-        .with_max_len(WALKS_PER_TASK)
-        .map(|&f| {
-            let r = buffers.with(|b| {
-                let (r, used) = Walk::new(&ctx, f, false, std::mem::take(b)).run();
-                *b = used;
-                r
-            });
-            if let Some(p) = progress {
-                p.inc(1);
-            }
-            r
-        })
-        .collect();
+    let (functions, hint_roots): (Vec<FuncResult>, _) = rayon::join(
+        || {
+            roots
+                .par_iter()
+                .with_max_len(WALKS_PER_TASK)
+                .map(|&f| {
+                    let r = buffers.with(|b| {
+                        let (r, used) = Walk::new(&ctx, f, false, std::mem::take(b)).run();
+                        *b = used;
+                        r
+                    });
+                    if let Some(p) = progress {
+                        p.inc(1);
+                    }
+                    r
+                })
+                .collect()
+        },
+        || hint_candidates(&ctx),
+    );
     crate::lap("validate: walks");
     let mut findings = Vec::new();
     let mut visited = 0;
@@ -140,7 +145,7 @@ pub fn run(
         visited += r.visited;
         orc.add(&r.orc);
     }
-    let (hint_findings, hints) = hint_walks(&ctx);
+    let (hint_findings, hints) = hint_walks(&ctx, hint_roots);
     crate::lap("validate: hint walks");
     findings.extend(hint_findings);
     let (stray, unvalidated_returns) = returns_outside_functions(&ctx);
@@ -230,14 +235,39 @@ fn in_ranges(ranges: &[(u64, u64)], addr: u64) -> bool {
 
 /// Walks code outside functions that no function reaches, from the unwind hints objtool left
 /// in the ORC table (call-type entries, as UNWIND_HINT_FUNC writes): the thunks and entry
-/// code objtool validated only from such hints. Roots go in address order, one at a time, and
-/// a root some earlier walk already reached is skipped, so the result is deterministic.
-fn hint_walks(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
-    let Some(orc) = ctx.tables.orc.as_ref() else {
-        return (Vec::new(), 0);
-    };
+/// code objtool validated only from such hints ([`hint_candidates`]). Roots go in address order,
+/// one at a time, and a root some earlier walk already reached is skipped, so the result is
+/// deterministic.
+fn hint_walks(ctx: &Ctx<'_, '_>, candidates: Vec<(InsnId, Cfi)>) -> (Vec<Finding>, usize) {
     let mut findings = Vec::new();
     let mut roots = 0;
+    for (id, state) in candidates {
+        if ctx.reached_outside(id) {
+            continue;
+        }
+        let ip = ctx.insns.get(id).addr();
+        let near =
+            ctx.graph
+                .func_after(ip)
+                .or(ctx.graph.funcs.len().checked_sub(1).map(|n| n as FuncId));
+        let Some(near) = near else { continue };
+        roots += 1;
+        // No own range: the walk is of code outside functions, only named after `near`.
+        let walk = Walk::new(ctx, near, true, Buffers::default());
+        findings.extend(walk.run_hint(id, state));
+    }
+    (findings, roots)
+}
+
+/// The roots [`hint_walks`] may start from, in address order: the call-type entries outside
+/// every function, at an instruction, not in replacement code, that give a state. Whether a
+/// function's walk reached one is left to [`hint_walks`]: this needs no walk, and runs while
+/// the functions are walked (one pass over the whole table, on one core).
+fn hint_candidates(ctx: &Ctx<'_, '_>) -> Vec<(InsnId, Cfi)> {
+    let Some(orc) = ctx.tables.orc.as_ref() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
     // Both the table and the functions are sorted by address: one pass over both finds the
     // entries outside every function (the end of the furthest-reaching function so far says
     // whether an address is inside one).
@@ -258,23 +288,11 @@ fn hint_walks(ctx: &Ctx<'_, '_>) -> (Vec<Finding>, usize) {
         if in_ranges(ctx.sections_unhinted, ip) {
             continue;
         }
-        if ctx.reached_outside(id) {
-            continue;
+        if let Some(state) = orc::hint_state(e) {
+            out.push((id, state));
         }
-        let Some(state) = orc::hint_state(e) else {
-            continue;
-        };
-        let near =
-            ctx.graph
-                .func_after(ip)
-                .or(ctx.graph.funcs.len().checked_sub(1).map(|n| n as FuncId));
-        let Some(near) = near else { continue };
-        roots += 1;
-        // No own range: the walk is of code outside functions, only named after `near`.
-        let walk = Walk::new(ctx, near, true, Buffers::default());
-        findings.extend(walk.run_hint(id, state));
     }
-    (findings, roots)
+    out
 }
 
 /// Rule 1: a return that no function's walk reached and that lies outside every function.
