@@ -551,19 +551,14 @@ fn from_functions<'data>(
         });
 
     crate::lap("graph: skips");
-    let mut cold_lists: Vec<Vec<FuncId>> = vec![Vec::new(); funcs.len()];
-    for (i, f) in funcs.iter().enumerate() {
-        if let Some(p) = f.parent {
-            cold_lists[p as usize].push(i as FuncId);
-        }
-    }
-    let mut cold = Vec::new();
-    let mut cold_start = Vec::with_capacity(funcs.len() + 1);
-    for l in &cold_lists {
-        cold_start.push(cold.len() as u32);
-        cold.extend_from_slice(l);
-    }
-    cold_start.push(cold.len() as u32);
+    // Each function's cold parts, in address order: (part, parent) pairs bucketed by parent.
+    let parts: Vec<(FuncId, FuncId)> = funcs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| f.parent.map(|p| (i as FuncId, p)))
+        .collect();
+    let (parts, cold_start) = bucket_by(&parts, funcs.len(), |&(_, p)| p);
+    let cold: Vec<FuncId> = parts.into_iter().map(|(c, _)| c).collect();
 
     let mut graph = Graph {
         funcs,
@@ -645,7 +640,7 @@ fn order_edges(edges: &[Edge], n: usize) -> (Vec<Edge>, Vec<u32>, Vec<Edge>) {
 
 /// Where the edges of each `key` (a function id below `n`) would start if `edges` were ordered
 /// by it: `n + 1` entries.
-fn key_starts(edges: &[Edge], n: usize, key: impl Fn(&Edge) -> FuncId) -> Vec<u32> {
+fn key_starts<T>(edges: &[T], n: usize, key: impl Fn(&T) -> FuncId) -> Vec<u32> {
     let mut start = vec![0u32; n + 1];
     for e in edges {
         start[key(e) as usize + 1] += 1;
@@ -656,9 +651,9 @@ fn key_starts(edges: &[Edge], n: usize, key: impl Fn(&Edge) -> FuncId) -> Vec<u3
     start
 }
 
-/// `edges` ordered by `key` (a function id below `n`), keeping their order within each key (a
-/// counting sort), and where each key's edges start.
-fn bucket_by(edges: &[Edge], n: usize, key: impl Fn(&Edge) -> FuncId) -> (Vec<Edge>, Vec<u32>) {
+/// `edges` (or any items) ordered by `key` (a function id below `n`), keeping their order
+/// within each key (a counting sort), and where each key's items start.
+fn bucket_by<T: Copy>(edges: &[T], n: usize, key: impl Fn(&T) -> FuncId) -> (Vec<T>, Vec<u32>) {
     let start = key_starts(edges, n, &key);
     let mut next = start.clone();
     let mut out = edges.to_vec();
