@@ -611,10 +611,14 @@ fn from_functions<'data>(
         graph.tables.extend(per_func.into_iter().flatten());
     }
     crate::lap("graph: scan");
-    graph.targets = branch_targets(targets, &graph.tables, tables);
-    crate::lap("graph: targets");
-    graph.code_calls = code_calls(&graph, insns);
-    crate::lap("graph: code calls");
+    // Independent: the bits (one thread) while the calls into code outside functions are
+    // found (all of them).
+    let (found, called) = rayon::join(
+        || branch_targets(targets, &graph.tables, tables),
+        || code_calls(&graph, insns),
+    );
+    (graph.targets, graph.code_calls) = (found, called);
+    crate::lap("graph: targets, code calls");
     let (noreturn, code_noreturn, rounds) = infer_noreturn(&graph, insns, tables);
     crate::lap("graph: noreturn");
     graph.noreturn = noreturn;
