@@ -95,6 +95,23 @@ timeit_turns() {
     done
 }
 
+# pin IMAGE / unpin: the image's pages locked in memory while its runs are timed
+# (scripts/pin-file.py): a virtual machine that shrinks its page cache would otherwise have some
+# runs read the image from disk, and those runs measure the disk.
+pin() {
+    rm -f "$out/pin.tmp"
+    python3 scripts/pin-file.py "$1" >"$out/pin.tmp" &
+    pinned=$!
+    # The file is read whole before the lock returns: wait until it is (or the helper gave up).
+    while kill -0 "$pinned" 2>/dev/null && ! grep -q ready "$out/pin.tmp" 2>/dev/null; do
+        sleep 0.1
+    done
+}
+unpin() {
+    kill "$pinned" 2>/dev/null || true
+    wait "$pinned" 2>/dev/null || true
+}
+
 # decode_stats IMAGE: "instructions bytes" from `stackval decode`.
 decode_stats() {
     "$bin" decode "$1" | sed -E 's/.*: ([0-9]+) instructions, ([0-9]+) bytes.*/\1 \2/'
@@ -142,6 +159,7 @@ if [ "$kernels" = 1 ]; then
     record machine_kernels "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$machine")"
     while read -r flavour image; do
         echo "bench.sh: Debian $flavour cloud vmlinux: $image" >&2
+        pin "$image"
         read -r insns bytes < <(decode_stats "$image")
         tag=k$flavour
         # The floor on one thread too: how much faster two threads make work that shares
@@ -158,6 +176,7 @@ if [ "$kernels" = 1 ]; then
         rss_check=$(median_rss_kb 3 "$bin" check --no-progress --quiet "$image")
         rss_j1=$(median_rss_kb 3 "$bin" check --jobs 1 --no-progress --quiet "$image")
         "$bin" check --no-progress --time "$image" >/dev/null 2>"$out/$tag-phases.txt" || true
+        unpin
         record "$tag" "$(python3 scripts/bench_result.py kernel "$out" "$tag" "$insns" "$bytes" "$rss_decode" "$rss_check" "$rss_j1")"
     done < <(scripts/fetch-kernels.sh all)
 fi
@@ -176,6 +195,7 @@ if [ "$scale" = 1 ]; then
             echo "bench.sh: stackval reports findings on the synthetic $mb MB image (a generator or stackval bug):" >&2
             head -20 "$out/synthetic-findings.tmp" >&2
         fi
+        pin "$image"
         read -r insns bytes < <(decode_stats "$image")
         tag=s$mb
         timeit_turns "$tag-decode" "$bin decode $image" \
@@ -184,6 +204,7 @@ if [ "$scale" = 1 ]; then
         rss_decode=$(median_rss_kb $rss_runs "$bin" decode "$image")
         rss_check=$(median_rss_kb $rss_runs "$bin" check --no-progress --quiet "$image")
         "$bin" check --no-progress --time "$image" >/dev/null 2>"$out/$tag-phases.txt" || true
+        unpin
         findings=$(wc -l <"$out/synthetic-findings.tmp")
         record "$tag" "$(python3 scripts/bench_result.py synthetic "$out" "$tag" "$mb" "$insns" "$bytes" "$rss_decode" "$rss_check" "$findings" "$rss_runs")"
     done
@@ -275,7 +296,7 @@ if kern:
         rows.append(f"| {name} | {t(r['progress_default'])} s | {t(r['progress_off'])} s | {a / b:.3f} |")
     runs = kern[0][1]["check"]["runs"]
     sections["kernels"] = [head("machine_kernels"), "", f"Wall time: median ± standard deviation of {runs} runs after one warm-up "
-        "(hyperfine, page cache warm), (a) to (d) taking turns run by run, so that a change in the "
+        "(hyperfine; the image held in memory by `scripts/pin-file.py`), (a) to (d) taking turns run by run, so that a change in the "
         "machine's load falls on all four alike. Peak RSS: `/usr/bin/time -v`, median of 3 runs. "
         "(a) `stackval decode IMAGE` (map and parse the image, then iced-x86 over every executable byte on all "
         "cores, keeping nothing: the floor), (b) `stackval check --no-progress --quiet IMAGE` (all cores; ORC "
@@ -312,7 +333,7 @@ if sc:
     runs = sc[0][1]["check"]["runs"]
     sections["scale"] = [head("machine_scale"), "", "Images from `scripts/gen-synthetic.py --text-mb N --seed 1` (cached in "
         f"`~/.cache/stackval/synthetic/`). Wall time: median ± standard deviation of {runs} runs (hyperfine; "
-        "floor and check taking turns); "
+        "floor and check taking turns; the image held in memory by `scripts/pin-file.py`); "
         "peak RSS: `/usr/bin/time -v` (median of 3 runs; one run at 256 MB). \"vs smallest\": per-MB cost divided by "
         "the smallest image's.", ""] + rows
 
