@@ -574,13 +574,9 @@ impl AddrIndex {
 }
 
 /// Zeroed start bits for an instruction index of `blocks` blocks, if its blocks have one bit
-/// per byte (as [`zeroed_u32s`]).
+/// per byte.
 fn start_bits(shift: u32, blocks: usize) -> Vec<std::sync::atomic::AtomicU64> {
-    let n = if shift == STARTS_SHIFT { blocks } else { 0 };
-    let mut v = std::mem::ManuallyDrop::new(vec![0u64; n]);
-    // SAFETY: an AtomicU64 has the same size, alignment and bit validity as a u64; the
-    // allocation passes whole (pointer, length and capacity) from one vector to the other.
-    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast(), v.len(), v.capacity()) }
+    zeroed_u64s(if shift == STARTS_SHIFT { blocks } else { 0 })
 }
 
 /// `n` atomic zeros, in memory the system hands out already cleared ([`vec!`] of zeros), rather
@@ -590,6 +586,14 @@ fn start_bits(shift: u32, blocks: usize) -> Vec<std::sync::atomic::AtomicU64> {
 fn zeroed_u32s(n: usize) -> Vec<std::sync::atomic::AtomicU32> {
     let mut v = std::mem::ManuallyDrop::new(vec![0u32; n]);
     // SAFETY: an AtomicU32 has the same size, alignment and bit validity as a u32; the
+    // allocation passes whole (pointer, length and capacity) from one vector to the other.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast(), v.len(), v.capacity()) }
+}
+
+/// [`zeroed_u32s`] of 64-bit atomics.
+pub(crate) fn zeroed_u64s(n: usize) -> Vec<std::sync::atomic::AtomicU64> {
+    let mut v = std::mem::ManuallyDrop::new(vec![0u64; n]);
+    // SAFETY: an AtomicU64 has the same size, alignment and bit validity as a u64; the
     // allocation passes whole (pointer, length and capacity) from one vector to the other.
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast(), v.len(), v.capacity()) }
 }

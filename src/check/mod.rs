@@ -108,9 +108,7 @@ pub fn run(
         orc: tables.orc.as_ref().filter(|_| cfg.verify_orc),
         sections,
         sections_unhinted,
-        code_seen: (0..insns.len().div_ceil(64))
-            .map(|_| AtomicU64::new(0))
-            .collect(),
+        code_seen: crate::decode::zeroed_u64s(insns.len().div_ceil(64)),
     };
     let roots: Vec<FuncId> = (0..graph.funcs.len() as FuncId)
         .filter(|&f| graph.func(f).skip.is_none())
