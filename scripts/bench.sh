@@ -8,7 +8,8 @@
 #   scripts/bench.sh --scale     also synthetic images of about 16, 64 and 256 MB of text
 #                                ($STACKVAL_SCALE_SIZES; $STACKVAL_SCALE_RUNS runs, default 5),
 #                                generated once by scripts/gen-synthetic.py and cached: time
-#                                and memory per MB
+#                                and memory per MB (the sizes taking turns round by round,
+#                                each run after scripts/warm-memory.py)
 #   scripts/bench.sh --profile   also `perf record` of a full check of 6.1: the top functions
 #   scripts/bench.sh --no-kernels --scale   only the scaling part
 #   scripts/bench.sh --report    measure nothing: rewrite docs/performance.md from
@@ -29,13 +30,14 @@ scale_runs=${STACKVAL_SCALE_RUNS:-5}
 scale_sizes=${STACKVAL_SCALE_SIZES:-"16 64 256"}
 cache=${STACKVAL_CACHE:-$HOME/.cache/stackval}
 kernels=1 scale=0 profile=0 report=0
+prepare=  # a command hyperfine runs before each timed run (the scaling part sets one)
 for arg in "$@"; do
     case $arg in
         --scale) scale=1 ;;
         --profile) profile=1 ;;
         --no-kernels) kernels=0 ;;
         --report) report=1 ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -86,7 +88,7 @@ timeit_turns() {
         for i in "${!names[@]}"; do
             # shellcheck disable=SC2046
             hyperfine --style none --runs 1 $([ "$r" = 1 ] && echo --warmup 1) --ignore-failure \
-                --shell=none --export-json "$out/${names[$i]}.turn$r.json" "${cmds[$i]}" >/dev/null
+                ${prepare:+--prepare "$prepare"} --shell=none --export-json "$out/${names[$i]}.turn$r.json" "${cmds[$i]}" >/dev/null
         done
     done
     for i in "${!names[@]}"; do
@@ -186,27 +188,56 @@ if [ "$scale" = 1 ]; then
     record machine_scale "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$machine")"
     runs=$scale_runs
     mkdir -p "$cache/synthetic"
+    images=() pins=()
     for mb in $scale_sizes; do
         image=$cache/synthetic/synthetic-${mb}mb-seed1.elf
         python3 scripts/gen-synthetic.py --text-mb "$mb" --seed 1 --out "$image"
         echo "bench.sh: synthetic $mb MB: $image" >&2
         # A synthetic image is correct code with a matching ORC table: it must check clean.
-        if ! "$bin" check --no-progress --quiet "$image" >"$out/synthetic-findings.tmp"; then
+        if ! "$bin" check --no-progress --quiet "$image" >"$out/s$mb-findings.tmp"; then
             echo "bench.sh: stackval reports findings on the synthetic $mb MB image (a generator or stackval bug):" >&2
-            head -20 "$out/synthetic-findings.tmp" >&2
+            head -20 "$out/s$mb-findings.tmp" >&2
         fi
+        images+=("$image")
+    done
+    # Every image held in memory at once: the sizes take turns below.
+    for image in "${images[@]}"; do
         pin "$image"
-        read -r insns bytes < <(decode_stats "$image")
-        tag=s$mb
-        timeit_turns "$tag-decode" "$bin decode $image" \
-            "$tag-check" "$bin check --no-progress --quiet $image"
+        pins+=("$pinned")
+    done
+    # Peak RSS first; the largest decides how much memory is warmed before each timed run.
+    warm_kb=0
+    for mb in $scale_sizes; do
+        image=$cache/synthetic/synthetic-${mb}mb-seed1.elf
         rss_runs=3; [ "$mb" -ge 128 ] && rss_runs=1
-        rss_decode=$(median_rss_kb $rss_runs "$bin" decode "$image")
-        rss_check=$(median_rss_kb $rss_runs "$bin" check --no-progress --quiet "$image")
+        echo "$rss_runs $(median_rss_kb $rss_runs "$bin" decode "$image") $(median_rss_kb $rss_runs "$bin" check --no-progress --quiet "$image")" >"$out/s$mb-rss.tmp"
+        read -r _ _ rss_check <"$out/s$mb-rss.tmp"
+        [ "$rss_check" -gt "$warm_kb" ] && warm_kb=$rss_check
+    done
+    # Each timed run starts on memory just freed, as it would after a run like it: see
+    # scripts/warm-memory.py for the virtual machines where this matters. The sizes take
+    # turns, round by round, so that a change in the machine's load falls on all of them alike
+    # and each round's runs can be compared with one another.
+    prepare="python3 scripts/warm-memory.py $((warm_kb / 1024 + 256))"
+    turns=()
+    for mb in $scale_sizes; do
+        image=$cache/synthetic/synthetic-${mb}mb-seed1.elf
+        turns+=("s$mb-decode" "$bin decode $image" "s$mb-check" "$bin check --no-progress --quiet $image")
+    done
+    timeit_turns "${turns[@]}"
+    for mb in $scale_sizes; do
+        image=$cache/synthetic/synthetic-${mb}mb-seed1.elf
+        tag=s$mb
+        $prepare
         "$bin" check --no-progress --time "$image" >/dev/null 2>"$out/$tag-phases.txt" || true
-        unpin
-        findings=$(wc -l <"$out/synthetic-findings.tmp")
+        read -r insns bytes < <(decode_stats "$image")
+        read -r rss_runs rss_decode rss_check <"$out/$tag-rss.tmp"
+        findings=$(wc -l <"$out/$tag-findings.tmp")
         record "$tag" "$(python3 scripts/bench_result.py synthetic "$out" "$tag" "$mb" "$insns" "$bytes" "$rss_decode" "$rss_check" "$findings" "$rss_runs")"
+    done
+    prepare=
+    for pinned in "${pins[@]}"; do
+        unpin
     done
     record scale_sizes "$(python3 -c 'import json,sys; print(json.dumps([int(x) for x in sys.argv[1:]]))' $scale_sizes)"
 fi
@@ -307,14 +338,28 @@ if kern:
 # Scaling.
 sizes = R.get("scale_sizes", [])
 sc = [(m, R[f"s{m}"]) for m in sizes if f"s{m}" in R]
+
+def per_mb_vs(r, base):
+    """Check time per MB of r against base's: the median over rounds of the ratio between runs
+    of the same round, where both hold their runs round by round; else the medians' ratio."""
+    a, b = r["check"].get("times"), base["check"].get("times")
+    ra, rb = r["bytes"] / MB, base["bytes"] / MB
+    if a and b and len(a) == len(b):
+        q = sorted((x / ra) / (y / rb) for x, y in zip(a, b))
+        return (q[(len(q) - 1) // 2] + q[len(q) // 2]) / 2
+    return (r["check"]["median"] / ra) / (base["check"]["median"] / rb)
+
+def cpu(r):
+    u, y = r["check"].get("user"), r["check"].get("system")
+    return "-" if u is None else f"{u:.2f} + {y:.2f} s"
+
 if sc:
     base = sc[0][1]
-    bt = base["check"]["median"] / (base["bytes"] / MB)
     bm = base["rss_kb"]["check"] / 1024 / (base["bytes"] / MB)
     bd = base["decode"]["median"] / (base["bytes"] / MB)
     rows = [
-        "| synthetic image | text | instructions | decode floor | full check | full/floor | check s/MB | vs smallest | peak RSS (check) | RSS MB/MB | vs smallest | decode s/MB | findings |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| synthetic image | text | instructions | decode floor | full check | full/floor | check s/MB | vs smallest | check user + system | peak RSS (check) | RSS MB/MB | vs smallest | decode s/MB | findings |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m, r in sc:
         mbytes = r["bytes"] / MB
@@ -323,7 +368,7 @@ if sc:
         dpm = r["decode"]["median"] / mbytes
         rows.append(
             f"| ~{m} MB | {mbytes:.1f} MB | {r['insns'] / 1e6:.1f} M | {t(r['decode'])} s | {t(r['check'])} s "
-            f"| {r['check']['median'] / r['decode']['median']:.2f}x | {tpm:.3f} | **{tpm / bt:.2f}x** "
+            f"| {r['check']['median'] / r['decode']['median']:.2f}x | {tpm:.3f} | **{per_mb_vs(r, base):.2f}x** | {cpu(r)} "
             f"| {mb(r['rss_kb']['check'])} MB | {rpm:.1f} | **{rpm / bm:.2f}x** | {dpm:.3f} ({dpm / bd:.2f}x) | {r['findings']} |"
         )
     rows += ["", "Phases (`--time`, one run, seconds):", "",
@@ -333,9 +378,12 @@ if sc:
     runs = sc[0][1]["check"]["runs"]
     sections["scale"] = [head("machine_scale"), "", "Images from `scripts/gen-synthetic.py --text-mb N --seed 1` (cached in "
         f"`~/.cache/stackval/synthetic/`). Wall time: median ± standard deviation of {runs} runs (hyperfine; "
-        "floor and check taking turns; the image held in memory by `scripts/pin-file.py`); "
-        "peak RSS: `/usr/bin/time -v` (median of 3 runs; one run at 256 MB). \"vs smallest\": per-MB cost divided by "
-        "the smallest image's.", ""] + rows
+        "every image's floor and check taking turns round by round; the images held in memory by `scripts/pin-file.py`; "
+        "before each timed run `scripts/warm-memory.py` touches and frees as much memory as the largest check uses, so that "
+        "every run starts on memory just freed, as consecutive runs do: see that script for the virtual machines where this matters). "
+        "Check user + system: median CPU time of the same runs. "
+        "Peak RSS: `/usr/bin/time -v` (median of 3 runs; one run at 256 MB). \"vs smallest\": per-MB cost divided by "
+        "the smallest image's; for time, the median over the rounds of that ratio between the two runs of the same round.", ""] + rows
 
 # Targets.
 tg = ["| target (issue 5) | measured | met |", "|---|---|:-:|"]
@@ -355,10 +403,12 @@ for name, r in kern:
     tg.append(f"| {name}: jobs-all ≥ 1.7x faster than jobs-1 | {sp:.2f}x{ceiling} | {yes(sp >= 1.7)} |")
 if len(sc) >= 2:
     tpms = [r["check"]["median"] / (r["bytes"] / MB) for _, r in sc]
+    tvs = [per_mb_vs(r, sc[0][1]) for _, r in sc]
     rpms = [r["rss_kb"]["check"] / (r["bytes"] / MB) for _, r in sc]
-    tdev = max(tpms) / min(tpms) - 1
+    tdev = max(tvs) / min(tvs) - 1
     rdev = max(rpms) / min(rpms) - 1
-    tg.append(f"| time per MB flat within 20%, {sc[0][0]} → {sc[-1][0]} MB | {', '.join(f'{x * 1000:.0f}' for x in tpms)} ms/MB (spread {tdev * 100:.0f}%) | {yes(tdev <= 0.2)} |")
+    tg.append(f"| time per MB flat within 20%, {sc[0][0]} → {sc[-1][0]} MB | {', '.join(f'{x * 1000:.0f}' for x in tpms)} ms/MB; "
+              f"same-round ratios {' / '.join(f'{x:.2f}' for x in tvs)} (spread {tdev * 100:.0f}%) | {yes(tdev <= 0.2)} |")
     tg.append(f"| memory per MB flat within 20%, {sc[0][0]} → {sc[-1][0]} MB | {', '.join(f'{x / 1024:.1f}' for x in rpms)} MB/MB (spread {rdev * 100:.0f}%) | {yes(rdev <= 0.2)} |")
 for name, r in kern:
     # "Nothing measurable": the difference of the medians is within the runs' own noise

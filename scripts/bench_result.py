@@ -18,9 +18,13 @@ STEP = re.compile(r"stackval: time:   (\S.*?) +([\d.]+) ms(?: +cpu +([\d.]+) ms)
 
 
 def timing(out, tag, name):
+    """Wall time (median, spread, and every run in order: run i of two results made by
+    bench.sh's timeit_turns is from the same round), and the median user and system time."""
     r = json.load(open(f"{out}/{tag}-{name}.json"))["results"][0]
     return dict(median=r["median"], stddev=r["stddev"] or 0.0, min=r["min"], max=r["max"],
-                runs=len(r["times"]))
+                runs=len(r["times"]), times=r["times"],
+                user=statistics.median(r["user"]) if "user" in r else None,
+                system=statistics.median(r["system"]) if "system" in r else None)
 
 
 def phases(out, tag):
@@ -40,10 +44,13 @@ def phases(out, tag):
 def turns(out, name, runs):
     """Merges the one-run hyperfine exports OUT/NAME.turn<r>.json of bench.sh's timeit_turns
     into OUT/NAME.json, in hyperfine's form."""
-    times = []
+    times, user, system = [], [], []
     for r in range(1, runs + 1):
-        times += json.load(open(f"{out}/{name}.turn{r}.json"))["results"][0]["times"]
-    result = dict(command=name, times=times, mean=statistics.mean(times),
+        one = json.load(open(f"{out}/{name}.turn{r}.json"))["results"][0]
+        times += one["times"]
+        user.append(one["user"])
+        system.append(one["system"])
+    result = dict(command=name, times=times, user=user, system=system, mean=statistics.mean(times),
                   median=statistics.median(times),
                   stddev=statistics.stdev(times) if len(times) > 1 else None,
                   min=min(times), max=max(times))
