@@ -30,7 +30,8 @@ scale_runs=${STACKVAL_SCALE_RUNS:-5}
 scale_sizes=${STACKVAL_SCALE_SIZES:-"16 64 256"}
 cache=${STACKVAL_CACHE:-$HOME/.cache/stackval}
 kernels=1 scale=0 profile=0 report=0
-prepare=  # a command hyperfine runs before each timed run (the scaling part sets one)
+# A command hyperfine runs before each timed run of a named command (the scaling part sets them).
+declare -A prepare_for=()
 for arg in "$@"; do
     case $arg in
         --scale) scale=1 ;;
@@ -82,11 +83,12 @@ median_rss_kb() {
 # ratios compare runs made seconds apart. One hyperfine-style $out/NAME.json each. CMD is one
 # string; --shell=none: no shell between hyperfine and stackval, nothing to subtract.
 timeit_turns() {
-    local names=() cmds=() r i
+    local names=() cmds=() r i prepare
     while [ $# -gt 0 ]; do names+=("$1"); cmds+=("$2"); shift 2; done
     for r in $(seq "$runs"); do
         for i in "${!names[@]}"; do
             # shellcheck disable=SC2046
+            prepare=${prepare_for[${names[$i]}]:-}
             hyperfine --style none --runs 1 $([ "$r" = 1 ] && echo --warmup 1) --ignore-failure \
                 ${prepare:+--prepare "$prepare"} --shell=none --export-json "$out/${names[$i]}.turn$r.json" "${cmds[$i]}" >/dev/null
         done
@@ -205,37 +207,34 @@ if [ "$scale" = 1 ]; then
         pin "$image"
         pins+=("$pinned")
     done
-    # Peak RSS first; the largest decides how much memory is warmed before each timed run.
-    warm_kb=0
-    for mb in $scale_sizes; do
-        image=$cache/synthetic/synthetic-${mb}mb-seed1.elf
-        rss_runs=3; [ "$mb" -ge 128 ] && rss_runs=1
-        echo "$rss_runs $(median_rss_kb $rss_runs "$bin" decode "$image") $(median_rss_kb $rss_runs "$bin" check --no-progress --quiet "$image")" >"$out/s$mb-rss.tmp"
-        read -r _ _ rss_check <"$out/s$mb-rss.tmp"
-        [ "$rss_check" -gt "$warm_kb" ] && warm_kb=$rss_check
-    done
-    # Each timed run starts on memory just freed, as it would after a run like it: see
-    # scripts/warm-memory.py for the virtual machines where this matters. The sizes take
-    # turns, round by round, so that a change in the machine's load falls on all of them alike
-    # and each round's runs can be compared with one another.
-    prepare="python3 scripts/warm-memory.py $((warm_kb / 1024 + 256))"
+    # Peak RSS first: it sets how much memory is warmed before each timed run. Each timed run
+    # starts on memory just freed, as many megabytes as it uses and more, as it would after a
+    # run like it: see scripts/warm-memory.py for the virtual machines where this matters.
     turns=()
     for mb in $scale_sizes; do
         image=$cache/synthetic/synthetic-${mb}mb-seed1.elf
+        rss_runs=3; [ "$mb" -ge 128 ] && rss_runs=1
+        rss_decode=$(median_rss_kb $rss_runs "$bin" decode "$image")
+        rss_check=$(median_rss_kb $rss_runs "$bin" check --no-progress --quiet "$image")
+        echo "$rss_runs $rss_decode $rss_check" >"$out/s$mb-rss.tmp"
+        prepare_for[s$mb-decode]="python3 scripts/warm-memory.py $((rss_decode * 5 / 4 / 1024 + 64))"
+        prepare_for[s$mb-check]="python3 scripts/warm-memory.py $((rss_check * 5 / 4 / 1024 + 64))"
         turns+=("s$mb-decode" "$bin decode $image" "s$mb-check" "$bin check --no-progress --quiet $image")
     done
+    # The sizes take turns, round by round, so that a change in the machine's load falls on all
+    # of them alike and each round's runs can be compared with one another.
     timeit_turns "${turns[@]}"
     for mb in $scale_sizes; do
         image=$cache/synthetic/synthetic-${mb}mb-seed1.elf
         tag=s$mb
-        $prepare
+        ${prepare_for[$tag-check]}
         "$bin" check --no-progress --time "$image" >/dev/null 2>"$out/$tag-phases.txt" || true
         read -r insns bytes < <(decode_stats "$image")
         read -r rss_runs rss_decode rss_check <"$out/$tag-rss.tmp"
         findings=$(wc -l <"$out/$tag-findings.tmp")
         record "$tag" "$(python3 scripts/bench_result.py synthetic "$out" "$tag" "$mb" "$insns" "$bytes" "$rss_decode" "$rss_check" "$findings" "$rss_runs")"
     done
-    prepare=
+    prepare_for=()
     for pinned in "${pins[@]}"; do
         unpin
     done
@@ -379,7 +378,7 @@ if sc:
     sections["scale"] = [head("machine_scale"), "", "Images from `scripts/gen-synthetic.py --text-mb N --seed 1` (cached in "
         f"`~/.cache/stackval/synthetic/`). Wall time: median ± standard deviation of {runs} runs (hyperfine; "
         "every image's floor and check taking turns round by round; the images held in memory by `scripts/pin-file.py`; "
-        "before each timed run `scripts/warm-memory.py` touches and frees as much memory as the largest check uses, so that "
+        "before each timed run `scripts/warm-memory.py` touches and frees a quarter more memory than the run uses, so that "
         "every run starts on memory just freed, as consecutive runs do: see that script for the virtual machines where this matters). "
         "Check user + system: median CPU time of the same runs. "
         "Peak RSS: `/usr/bin/time -v` (median of 3 runs; one run at 256 MB). \"vs smallest\": per-MB cost divided by "
