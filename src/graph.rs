@@ -835,14 +835,7 @@ pub fn cold_parent_name(name: &str) -> Option<&str> {
 /// the validation walks a lookup of the target's owner at each call.
 fn note_callees(funcs: &[Func<'_>], owners: &Owners, insns: &mut Insns) {
     const CHUNK: usize = 1 << 16;
-    // The entries a branch may be noted with: most jumps land elsewhere.
-    let entries = bits_over(
-        insns.len(),
-        funcs
-            .iter()
-            .filter(|f| f.parent.is_none() && f.entry_at_first)
-            .map(|f| f.first..f.first + 1),
-    );
+    let entries = Entries::new(funcs, owners, insns.len());
     let Insns {
         list, calls, jumps, ..
     } = insns;
@@ -855,19 +848,64 @@ fn note_callees(funcs: &[Func<'_>], owners: &Owners, insns: &mut Insns) {
                 let from = side.partition_point(|e| e.0 < lo);
                 let to = side.partition_point(|e| e.0 < hi);
                 for &(branch, target) in &side[from..to] {
-                    let Some(f) = (target != crate::decode::NO_INSN && bit(&entries, target))
-                        .then(|| owners.get(target))
-                        .flatten()
-                    else {
-                        continue;
-                    };
-                    let func = &funcs[f as usize];
-                    if func.parent.is_none() && func.entered_at(target) {
+                    if let Some(f) = entries.get(target) {
                         chunk[(branch - lo) as usize].set_callee(f);
                     }
                 }
             }
         });
+}
+
+/// The function entered at each instruction that is one (a function that is no `.cold` part,
+/// at its first instruction, and the instruction's owner): a bit per instruction with a count
+/// of the bits before each word, so that a branch target is looked up with one read there and
+/// one in the list of those functions. Most branches land elsewhere, and a kitchen-sink image's
+/// owner index and functions are too large for the caches.
+struct Entries {
+    /// Per 64 instructions: the bits, and how many are set in the words before.
+    words: Vec<(u64, u32)>,
+    /// The function entered at each set bit, in instruction order.
+    funcs: Vec<FuncId>,
+}
+
+impl Entries {
+    fn new(funcs: &[Func<'_>], owners: &Owners, n: usize) -> Entries {
+        // Functions are sorted by address, so by first instruction: so are the entries. An
+        // alias names the same entry twice.
+        let mut entered: Vec<(InsnId, FuncId)> = funcs
+            .par_iter()
+            .filter(|f| f.parent.is_none() && f.entry_at_first)
+            .filter_map(|f| {
+                let g = owners.get(f.first)?;
+                let owner = &funcs[g as usize];
+                (owner.parent.is_none() && owner.entered_at(f.first)).then_some((f.first, g))
+            })
+            .collect();
+        entered.dedup_by_key(|e| e.0);
+        let mut words = vec![(0u64, 0u32); n.div_ceil(64)];
+        for &(id, _) in &entered {
+            words[id as usize / 64].0 |= 1 << (id % 64);
+        }
+        let mut before = 0;
+        for w in &mut words {
+            w.1 = before;
+            before += w.0.count_ones();
+        }
+        Entries {
+            words,
+            funcs: entered.into_iter().map(|(_, f)| f).collect(),
+        }
+    }
+
+    /// The function entered at instruction `id`, if any ([`NO_INSN`](crate::decode::NO_INSN)
+    /// is none).
+    fn get(&self, id: InsnId) -> Option<FuncId> {
+        let &(bits, before) = self.words.get(id as usize / 64)?;
+        // The bits up to and including `id`'s.
+        let through = bits & (u64::MAX >> (63 - id % 64));
+        (bits >> (id % 64) & 1 != 0)
+            .then(|| self.funcs[(before + through.count_ones()) as usize - 1])
+    }
 }
 
 /// Links every `.cold` part to its parent: the function that jumps into it. gcc names a part
@@ -1929,6 +1967,58 @@ mod tests {
         }
         let none = Owners::new(&[], 40);
         assert!((0..40).all(|id| none.get(id).is_none()));
+    }
+
+    #[test]
+    fn entries_are_the_owners_entered_at_their_first_instruction() {
+        // (first, end, parent, entry at first): a function with a nested one, a cold part,
+        // entries on both sides of a word of 64 instructions, a cold part starting where a
+        // function does (the later one owns the instruction, so no function is entered there),
+        // two aliases, and a function whose first instruction is not at its address.
+        let specs = [
+            (0, 40, None, true),
+            (3, 6, None, true),
+            (10, 30, Some(0), true),
+            (63, 64, None, true),
+            (64, 70, None, true),
+            (64, 66, Some(4), true),
+            (80, 90, None, true),
+            (80, 90, None, true),
+            (100, 101, None, false),
+            (127, 130, None, true),
+        ];
+        let funcs: Vec<Func<'static>> = specs
+            .iter()
+            .map(|&(first, end, parent, entry_at_first)| Func {
+                name: "f",
+                addr: first as u64,
+                size: (end - first) as u64,
+                section: 0,
+                first,
+                end,
+                parent,
+                skip: None,
+                has_nested: false,
+                entry_at_first,
+            })
+            .collect();
+        let n = 200;
+        let entries = Entries::new(&funcs, &Owners::new(&funcs, n), n);
+        let mut owner = vec![None; n];
+        for (k, f) in funcs.iter().enumerate() {
+            owner[f.first as usize..f.end as usize].fill(Some(k));
+        }
+        for id in 0..n as InsnId {
+            let expected = owner[id as usize]
+                .filter(|&g| funcs[g].parent.is_none() && funcs[g].entered_at(id))
+                .map(|g| g as FuncId);
+            assert_eq!(entries.get(id), expected, "instruction {id}");
+        }
+        assert_eq!(entries.get(3), Some(1));
+        assert_eq!(entries.get(64), None);
+        assert_eq!(entries.get(80), Some(7));
+        assert_eq!(entries.get(127), Some(9));
+        assert_eq!(entries.get(crate::decode::NO_INSN), None);
     }
 
     #[test]
