@@ -1917,6 +1917,27 @@ mod tests {
         g.funcs.iter().position(|f| f.name == name).unwrap() as FuncId
     }
 
+    /// A function over instructions `first..end`, placed at address `first`.
+    fn spanning(
+        first: InsnId,
+        end: InsnId,
+        parent: Option<FuncId>,
+        entry_at_first: bool,
+    ) -> Func<'static> {
+        Func {
+            name: "f",
+            addr: first as u64,
+            size: (end - first) as u64,
+            section: 0,
+            first,
+            end,
+            parent,
+            skip: None,
+            has_nested: false,
+            entry_at_first,
+        }
+    }
+
     #[test]
     fn instruction_owners_match_a_serial_fill() {
         // (first, end) instruction ranges sorted by start: an outer function with nested ones
@@ -1943,18 +1964,7 @@ mod tests {
         ];
         let funcs: Vec<Func<'static>> = ranges
             .iter()
-            .map(|&(first, end)| Func {
-                name: "f",
-                addr: first as u64,
-                size: (end - first) as u64,
-                section: 0,
-                first,
-                end,
-                parent: None,
-                skip: None,
-                has_nested: false,
-                entry_at_first: first < end,
-            })
+            .map(|&(first, end)| spanning(first, end, None, first < end))
             .collect();
         for n in [200, 201, 224, 300] {
             let mut serial = vec![None; n];
@@ -1989,18 +1999,7 @@ mod tests {
         ];
         let funcs: Vec<Func<'static>> = specs
             .iter()
-            .map(|&(first, end, parent, entry_at_first)| Func {
-                name: "f",
-                addr: first as u64,
-                size: (end - first) as u64,
-                section: 0,
-                first,
-                end,
-                parent,
-                skip: None,
-                has_nested: false,
-                entry_at_first,
-            })
+            .map(|&(first, end, parent, entry)| spanning(first, end, parent, entry))
             .collect();
         let n = 200;
         let entries = Entries::new(&funcs, &Owners::new(&funcs, n), n);
