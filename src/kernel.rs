@@ -229,12 +229,18 @@ pub fn read(image: &Image<'_>, insns: &Insns) -> Tables {
         for (id, flag) in part.marks {
             t.flags[id as usize] |= flag;
         }
-        t.jump_labels.extend(part.jump_labels);
-        for (id, fixups) in part.ex_fixups {
-            t.ex_fixups.entry(id).or_default().extend(fixups);
-        }
-        t.alts.extend(part.alts);
-        t.alt_exits.extend(part.alt_exits);
+        absorb(&mut t.jump_labels, part.jump_labels, |m, k, v| {
+            m.insert(k, v);
+        });
+        absorb(&mut t.ex_fixups, part.ex_fixups, |m, k, v| {
+            m.entry(k).or_default().extend(v)
+        });
+        absorb(&mut t.alts, part.alts, |m, k, v| {
+            m.insert(k, v);
+        });
+        absorb(&mut t.alt_exits, part.alt_exits, |m, k, v| {
+            m.insert(k, v);
+        });
         t.orc = t.orc.or(part.orc);
         t.summary.extend(part.summary);
     }
@@ -243,6 +249,23 @@ pub fn read(image: &Image<'_>, insns: &Insns) -> Tables {
             .push(format!("orc: {} entries ({})", o.ips.len(), o.layout));
     }
     t
+}
+
+/// Adds `from`'s entries to `into` with `add`, or takes `from` whole while `into` is empty: each
+/// map has one reader, and inserting all its entries again into a map growing from nothing, on
+/// one thread, made the merge 35-50 ms for the 256 MB synthetic image (13-17 ms taken whole).
+fn absorb<K: std::hash::Hash + Eq, V>(
+    into: &mut HashMap<K, V>,
+    from: HashMap<K, V>,
+    add: impl Fn(&mut HashMap<K, V>, K, V),
+) {
+    if into.is_empty() {
+        *into = from;
+    } else {
+        for (k, v) in from {
+            add(into, k, v);
+        }
+    }
 }
 
 /// `struct jump_entry { s32 code; s32 target; long key; }` (include/linux/jump_label.h).
@@ -532,6 +555,23 @@ fn kernel_at_least(image: &Image<'_>, major: u32, minor: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_maps_keep_every_entry() {
+        let part = |pairs: &[(InsnId, InsnId)]| -> HashMap<InsnId, Vec<InsnId>> {
+            pairs.iter().map(|&(k, v)| (k, vec![v])).collect()
+        };
+        let add = |m: &mut HashMap<InsnId, Vec<InsnId>>, k, v: Vec<InsnId>| {
+            m.entry(k).or_default().extend(v)
+        };
+        let mut merged = HashMap::default();
+        absorb(&mut merged, part(&[(1, 10), (2, 20)]), add);
+        absorb(&mut merged, part(&[(2, 21), (3, 30)]), add);
+        absorb(&mut merged, HashMap::default(), add);
+        let mut got: Vec<_> = merged.into_iter().collect();
+        got.sort();
+        assert_eq!(got, [(1, vec![10]), (2, vec![20, 21]), (3, vec![30])]);
+    }
 
     #[test]
     fn nearby_lookups_agree_with_a_full_search() {
