@@ -104,19 +104,26 @@ timeit_turns() {
 
 # pin IMAGE / unpin: the image's pages locked in memory while its runs are timed
 # (scripts/pin-file.py): a virtual machine that shrinks its page cache would otherwise have some
-# runs read the image from disk, and those runs measure the disk.
+# runs read the image from disk, and those runs measure the disk. unpin releases every image
+# pinned since the last unpin.
+pinned=()
 pin() {
     rm -f "$out/pin.tmp"
     python3 scripts/pin-file.py "$1" >"$out/pin.tmp" &
-    pinned=$!
+    local helper=$!
+    pinned+=("$helper")
     # The file is read whole before the lock returns: wait until it is (or the helper gave up).
-    while kill -0 "$pinned" 2>/dev/null && ! grep -q ready "$out/pin.tmp" 2>/dev/null; do
+    while kill -0 "$helper" 2>/dev/null && ! grep -q ready "$out/pin.tmp" 2>/dev/null; do
         sleep 0.1
     done
 }
 unpin() {
-    kill "$pinned" 2>/dev/null || true
-    wait "$pinned" 2>/dev/null || true
+    local helper
+    for helper in "${pinned[@]}"; do
+        kill "$helper" 2>/dev/null || true
+        wait "$helper" 2>/dev/null || true
+    done
+    pinned=()
 }
 
 # decode_stats IMAGE: "instructions bytes" from `stackval decode`.
@@ -193,9 +200,9 @@ if [ "$scale" = 1 ]; then
     record machine_scale "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$machine")"
     runs=$scale_runs
     mkdir -p "$cache/synthetic"
-    images=() pins=()
+    synthetic() { echo "$cache/synthetic/synthetic-$1mb-seed1.elf"; }
     for mb in $scale_sizes; do
-        image=$cache/synthetic/synthetic-${mb}mb-seed1.elf
+        image=$(synthetic "$mb")
         python3 scripts/gen-synthetic.py --text-mb "$mb" --seed 1 --out "$image"
         echo "bench.sh: synthetic $mb MB: $image" >&2
         # A synthetic image is correct code with a matching ORC table: it must check clean.
@@ -203,19 +210,17 @@ if [ "$scale" = 1 ]; then
             echo "bench.sh: stackval reports findings on the synthetic $mb MB image (a generator or stackval bug):" >&2
             head -20 "$out/s$mb-findings.tmp" >&2
         fi
-        images+=("$image")
     done
     # Every image held in memory at once: the sizes take turns below.
-    for image in "${images[@]}"; do
-        pin "$image"
-        pins+=("$pinned")
+    for mb in $scale_sizes; do
+        pin "$(synthetic "$mb")"
     done
     # Peak RSS first: it sets how much memory is warmed before each timed run. Each timed run
     # starts on memory just freed, as many megabytes as it uses and more, as it would after a
     # run like it: see scripts/warm-memory.py for the virtual machines where this matters.
     turns=()
     for mb in $scale_sizes; do
-        image=$cache/synthetic/synthetic-${mb}mb-seed1.elf
+        image=$(synthetic "$mb")
         rss_runs=3; [ "$mb" -ge 128 ] && rss_runs=1
         rss_decode=$(median_rss_kb $rss_runs "$bin" decode "$image")
         rss_check=$(median_rss_kb $rss_runs "$bin" check --no-progress --quiet "$image")
@@ -228,7 +233,7 @@ if [ "$scale" = 1 ]; then
     # of them alike and each round's runs can be compared with one another.
     timeit_turns "${turns[@]}"
     for mb in $scale_sizes; do
-        image=$cache/synthetic/synthetic-${mb}mb-seed1.elf
+        image=$(synthetic "$mb")
         tag=s$mb
         ${prepare_for[$tag-check]}
         "$bin" check --no-progress --time "$image" >/dev/null 2>"$out/$tag-phases.txt" || true
@@ -238,9 +243,7 @@ if [ "$scale" = 1 ]; then
         record "$tag" "$(python3 scripts/bench_result.py synthetic "$out" "$tag" "$mb" "$insns" "$bytes" "$rss_decode" "$rss_check" "$findings" "$rss_runs")"
     done
     prepare_for=()
-    for pinned in "${pins[@]}"; do
-        unpin
-    done
+    unpin
     record scale_sizes "$(python3 -c 'import json,sys; print(json.dumps([int(x) for x in sys.argv[1:]]))' $scale_sizes)"
 fi
 
