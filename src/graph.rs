@@ -27,7 +27,7 @@ pub type FuncId = u32;
 /// instruction and a bit for each run starting inside it, so that a lookup is two reads and
 /// a count of bits. That is about 1 MB for a distribution kernel, where an owner per
 /// instruction took 11 MB of fresh memory (330 MB for a 256 MB image) and a lookup missed in it.
-pub struct Owners {
+struct Owners {
     /// Each run's owner: the function's id plus one, or 0 for none. Neighbouring runs have
     /// different owners.
     run_owner: Vec<FuncId>,
