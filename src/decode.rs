@@ -776,7 +776,8 @@ pub fn pieces<'data>(image: &Image<'data>) -> Vec<(u64, &'data [u8])> {
         // Cut at symbols that are not inside a function: a symbol inside one (an alias, an
         // inner label) must agree with the function's own instruction stream, and one that
         // does not is for the checks to report, not for the decoder to paper over.
-        let mut cuts = Vec::new();
+        let sec_end = sec.addr + sec.data.len() as u64;
+        let mut cuts = vec![sec.addr];
         let mut covered_to = 0u64;
         // Symbols are sorted by address: only those in the section's range can be in it.
         let lo = image.symbols.partition_point(|s| s.addr < sec.addr);
@@ -798,11 +799,14 @@ pub fn pieces<'data>(image: &Image<'data>) -> Vec<(u64, &'data [u8])> {
                 covered_to = covered_to.max(end);
             }
         }
-        let sec_end = sec.addr + sec.data.len() as u64;
-        cuts.retain(|&a| a > sec.addr && a < sec_end);
-        cuts.push(sec.addr);
+        cuts.retain(|&a| a < sec_end);
         cuts.push(sec_end);
-        cuts.sort_unstable();
+        // Already in order: symbols come sorted by address, and each cut lies at or past the
+        // ones before it (a symbol is cut at only when it starts at or past the end of every
+        // function before it). Sorting anyway took a distribution kernel 1.4 ms on one core.
+        if !cuts.is_sorted() {
+            cuts.sort_unstable();
+        }
         cuts.dedup();
         for w in cuts.windows(2) {
             let (lo, hi) = ((w[0] - sec.addr) as usize, (w[1] - sec.addr) as usize);
