@@ -133,12 +133,17 @@ pub(super) fn decode(code: &[u8], addr: u64) -> Option<Insn> {
     // instruction, so a form that ends within `code` read only bytes of `code`, and the
     // window is read without a bounds check per byte.
     let avail = code.len().min(16);
-    let w: [u8; 16] = match code.get(..16) {
-        Some(head) => head.try_into().unwrap_or([0; 16]),
+    // Read in place where 16 bytes are there (a copy to the stack costs every byte read a
+    // store-to-load forwarding on the way to the next instruction's start); copied only
+    // within 15 bytes of the end.
+    let tail: [u8; 16];
+    let w: &[u8; 16] = match code.first_chunk::<16>() {
+        Some(head) => head,
         None => {
-            let mut w = [0; 16];
-            w[..avail].copy_from_slice(code);
-            w
+            let mut t = [0; 16];
+            t[..avail].copy_from_slice(code);
+            tail = t;
+            &tail
         }
     };
     let at = |i: usize| w[i & 15];
