@@ -95,6 +95,7 @@ struct CheckArgs {
 }
 
 fn main() -> ExitCode {
+    stackval::alloc::tune_system_allocator();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Check(args) => check(args),
