@@ -122,7 +122,7 @@ const FORMS: [Form; 512] = {
 };
 
 /// The longest instruction the processor accepts.
-const MAX_LEN: usize = 15;
+pub(super) const MAX_LEN: usize = 15;
 
 /// Decodes the instruction at the start of `code`, which lives at `addr`, if it is one of the
 /// forms this module takes (see the module's documentation); `None` otherwise, and whenever
