@@ -75,6 +75,9 @@ pub enum OrcType {
     RegsPartial,
 }
 
+/// ORC base registers as [`OrcEntry`] holds them: the kernel's numbers up to Linux 7.x, plus
+/// `AX`, which came with the numbering that replaced them (see [`RENUMBERED`]). Numbers no
+/// kernel defines stay as they are, and name no register.
 pub mod orc_reg {
     pub const UNDEFINED: u8 = 0;
     pub const PREV_SP: u8 = 1;
@@ -86,13 +89,39 @@ pub mod orc_reg {
     pub const R13: u8 = 7;
     pub const BP_INDIRECT: u8 = 8;
     pub const SP_INDIRECT: u8 = 9;
+    pub const AX: u8 = 16;
 }
+
+/// The later numbering of ORC base registers (Debian's 7.2 kernel has it; 6.12 the earlier
+/// one), indexed by the number in the table, as [`orc_reg`] numbers them: `AX` was added at
+/// 1, `SP` and `BP` moved to 3 and 4, `DI` to 5, `PREV_SP` to 8 and the two indirect bases to
+/// 9 and 10. The entry's layout did not change, and `.orc_header` holds a hash of the
+/// definitions, not a version: [`renumbered`] tells the two apart from the entries.
+const RENUMBERED: [u8; 16] = [
+    orc_reg::UNDEFINED,
+    orc_reg::AX,
+    orc_reg::DX,
+    orc_reg::SP,
+    orc_reg::BP,
+    orc_reg::DI,
+    orc_reg::R10,
+    orc_reg::R13,
+    orc_reg::PREV_SP,
+    orc_reg::SP_INDIRECT,
+    orc_reg::BP_INDIRECT,
+    11,
+    12,
+    13,
+    14,
+    15,
+];
 
 /// The image's ORC table, sorted by address.
 pub struct Orc {
     pub ips: Vec<u64>,
     pub entries: Vec<OrcEntry>,
-    /// "v3" (Linux 6.4+: type:3, signal:1) or "v2" (type:2, end:1).
+    /// "v3" (Linux 6.4+: type:3, signal:1), "v3, registers renumbered" (the same with the
+    /// later register numbers, [`RENUMBERED`]) or "v2" (type:2, end:1).
     pub layout: &'static str,
     /// Where each block's entries start, so that a lookup reads one slot and searches the
     /// block's entry or two instead of a binary search over the whole table (about nineteen
@@ -423,35 +452,50 @@ fn sites(image: &Image<'_>, insns: &Insns, t: &mut Tables, name: &str, flag: u8)
     t.summary.push(format!("{name}: {ok} ({bad} unresolved)"));
 }
 
-/// `struct bug_entry` (include/asm-generic/bug.h) with relative pointers:
-/// `s32 bug_addr_disp; [s32 file_disp; u16 line;] u16 flags;`: 12 bytes with
-/// CONFIG_DEBUG_BUGVERBOSE, 8 without. BUGFLAG_WARNING is bit 0.
+/// `struct bug_entry` (include/asm-generic/bug.h) with relative pointers: `s32 bug_addr_disp;
+/// [s32 format_disp;] [s32 file_disp; u16 line;] u16 flags;`, padded to 4 bytes. The format
+/// came to x86-64 in Linux 7.x (Debian's 7.2 has it): 16 bytes with CONFIG_DEBUG_BUGVERBOSE,
+/// 12 without; before it 12 and 8. BUGFLAG_WARNING is bit 0. A WARN with arguments points
+/// its entry at a call (to `__WARN_trap`), not at a ud2: those entries mark nothing.
 fn bug_table(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
     let Some((base, bytes)) = image.table("__bug_table") else {
         return;
     };
-    // Pick the stride under which the entries point at ud2 instructions.
-    let score = |stride: usize| {
-        if bytes.len() % stride != 0 {
-            return 0;
+    // The stride: the shortest under which the first entries all point at instructions
+    // (read at a wrong one, some fields read as addresses are the format's or the file's and
+    // point at strings), or, where none does (entries for code not decoded), the one under
+    // which the most point at ud2s.
+    let sample = |stride: usize| {
+        if bytes.is_empty() || bytes.len() % stride != 0 {
+            return (false, 0);
         }
-        bytes
-            .chunks_exact(stride)
-            .enumerate()
-            .take(64)
-            .filter(|(i, e)| {
-                let addr = rel(base + (stride * i) as u64, s32(e, 0));
-                insns
-                    .at(addr)
-                    .is_some_and(|id| insns.get(id).kind == Kind::Ud2)
-            })
-            .count()
+        let (mut all, mut ud2) = (true, 0);
+        for (i, e) in bytes.chunks_exact(stride).enumerate().take(64) {
+            match insns.at(rel(base + (stride * i) as u64, s32(e, 0))) {
+                Some(id) => ud2 += usize::from(insns.get(id).kind == Kind::Ud2),
+                None => all = false,
+            }
+        }
+        (all, ud2)
     };
-    let stride = if score(12) >= score(8) { 12 } else { 8 };
+    let strides = [8, 12, 16].map(|s| (s, sample(s)));
+    let stride = strides
+        .iter()
+        .find(|(_, (all, _))| *all)
+        .or_else(|| strides.iter().rev().max_by_key(|(_, (_, ud2))| *ud2))
+        .map_or(8, |&(s, _)| s);
+    // The flags end the entry, except in the 12-byte entry with a format and no file, where
+    // padding follows them: there the last two bytes are zero in every entry, where before
+    // they held the flags of every WARN.
+    let flags_at = if stride == 12 && bytes.chunks_exact(12).all(|e| e[10] == 0 && e[11] == 0) {
+        8
+    } else {
+        stride - 2
+    };
     let (mut warn, mut bug, mut bad) = (0, 0, 0);
     for (i, e) in bytes.chunks_exact(stride).enumerate() {
         let addr = rel(base + (stride * i) as u64, s32(e, 0));
-        let flags = u16::from_le_bytes([e[stride - 2], e[stride - 1]]);
+        let flags = u16::from_le_bytes([e[flags_at], e[flags_at + 1]]);
         match insns.at(addr) {
             Some(id) if insns.get(id).kind == Kind::Ud2 => {
                 if flags & 1 != 0 {
@@ -484,11 +528,20 @@ fn orc(image: &Image<'_>) -> Option<Orc> {
         return None;
     }
     let v3 = image.section_by_name(".orc_header").is_some();
+    let renumbered = v3 && renumbered(&entry_bytes[..6 * n]);
+    let reg = |r: u16| {
+        let r = (r & 0xf) as u8;
+        if renumbered {
+            RENUMBERED[r as usize]
+        } else {
+            r
+        }
+    };
     let ip_at = |i: usize| rel(ip_base + 4 * i as u64, s32(ip_bytes, 4 * i));
     let entry_at = |i: usize| {
         let e = &entry_bytes[6 * i..6 * i + 6];
         let bits = u16::from_le_bytes([e[4], e[5]]);
-        let (sp_reg, bp_reg) = ((bits & 0xf) as u8, ((bits >> 4) & 0xf) as u8);
+        let (sp_reg, bp_reg) = (reg(bits), reg(bits >> 4));
         let (kind, signal) = if v3 {
             let k = match (bits >> 8) & 7 {
                 0 => OrcType::Undefined,
@@ -528,7 +581,37 @@ fn orc(image: &Image<'_>) -> Option<Orc> {
         (0..n).into_par_iter().map(ip_at).collect(),
         (0..n).into_par_iter().map(entry_at).collect(),
     );
-    Some(Orc::new(ips, entries, if v3 { "v3" } else { "v2" }))
+    let layout = match (v3, renumbered) {
+        (false, _) => "v2",
+        (true, false) => "v3",
+        (true, true) => "v3, registers renumbered",
+    };
+    Some(Orc::new(ips, entries, layout))
+}
+
+/// Whether a 6.4+ table (`type:3`) numbers its base registers the later way ([`RENUMBERED`]).
+/// The commonest entry in any kernel is a function's entry state, a call-type entry with the
+/// CFA at rsp+8: its base register is SP, 5 in the earlier numbering and 3 in the later one,
+/// where 3 was DI, a base only entry code's register frames use (`type=regs`, never at
+/// offset 8). A sample of the table decides, the way more of its call-type entries at offset 8
+/// go.
+fn renumbered(entries: &[u8]) -> bool {
+    const CALL: u16 = 2;
+    let n = entries.len() / 6;
+    let step = (n / 8192).max(1);
+    let (mut sp3, mut sp5) = (0usize, 0usize);
+    for e in entries.chunks_exact(6).step_by(step) {
+        let bits = u16::from_le_bytes([e[4], e[5]]);
+        if i16::from_le_bytes([e[0], e[1]]) != 8 || (bits >> 8) & 7 != CALL {
+            continue;
+        }
+        match bits & 0xf {
+            3 => sp3 += 1,
+            5 => sp5 += 1,
+            _ => {}
+        }
+    }
+    sp3 > sp5
 }
 
 /// ORC entries ordered by address, entries with equal addresses kept in table order.

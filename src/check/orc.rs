@@ -26,6 +26,7 @@ pub struct Expected {
 pub fn expected(c: &Cfi) -> Option<Expected> {
     let sp_reg = match c.cfa.base {
         reg::SP => orc_reg::SP,
+        reg::AX => orc_reg::AX,
         reg::BP => orc_reg::BP,
         reg::DI => orc_reg::DI,
         reg::DX => orc_reg::DX,
@@ -66,6 +67,7 @@ pub fn reg_name(r: u8) -> &'static str {
         orc_reg::SP => "rsp",
         orc_reg::R10 => "r10",
         orc_reg::R13 => "r13",
+        orc_reg::AX => "rax",
         orc_reg::BP_INDIRECT => "(rbp)",
         orc_reg::SP_INDIRECT => "(rsp)",
         _ => "?",
@@ -122,6 +124,7 @@ pub fn hint_state(e: &OrcEntry) -> Option<Cfi> {
         orc_reg::DX => reg::DX,
         orc_reg::R10 => 10,
         orc_reg::R13 => 13,
+        orc_reg::AX => reg::AX,
         _ => return None,
     };
     c.cfa.off = e.sp_offset as i32;
