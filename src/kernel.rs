@@ -75,7 +75,7 @@ pub enum OrcType {
     RegsPartial,
 }
 
-/// ORC base registers as [`OrcEntry`] holds them: the kernel's numbers up to Linux 7.x, plus
+/// ORC base registers as [`OrcEntry`] holds them: the kernel's earlier numbers (6.12 and before), plus
 /// `AX`, which came with the numbering that replaced them (see [`RENUMBERED`]). Numbers no
 /// kernel defines stay as they are, and name no register.
 pub mod orc_reg {
@@ -454,7 +454,7 @@ fn sites(image: &Image<'_>, insns: &Insns, t: &mut Tables, name: &str, flag: u8)
 
 /// `struct bug_entry` (include/asm-generic/bug.h) with relative pointers: `s32 bug_addr_disp;
 /// [s32 format_disp;] [s32 file_disp; u16 line;] u16 flags;`, padded to 4 bytes. The format
-/// came to x86-64 in Linux 7.x (Debian's 7.2 has it): 16 bytes with CONFIG_DEBUG_BUGVERBOSE,
+/// came to x86-64 after 6.12 (Debian's 7.2 has it): 16 bytes with CONFIG_DEBUG_BUGVERBOSE,
 /// 12 without; before it 12 and 8. BUGFLAG_WARNING is bit 0. A WARN with arguments points
 /// its entry at a call (to `__WARN_trap`), not at a ud2: those entries mark nothing.
 fn bug_table(image: &Image<'_>, insns: &Insns, t: &mut Tables) {
