@@ -1894,9 +1894,23 @@ fn classify(classes: &[Class], ins: &Instruction) -> Insn {
             // Modelled as the five-word pop it performs; see check::state.
             op = StackOp::new(OpKind::AddSp, reg::NONE, reg::NONE, 40);
         }
+        Kind::Ud2 if is_warn_trap(ins) => kind = Kind::Other,
         _ => {}
     }
     Insn::new(ins.ip(), ins.len() as u8, kind, target, op)
+}
+
+/// `ud1 (%edx), %reg`: the kernel's WARN trap (`__WARN_trap`, arch/x86/entry/entry.S, after
+/// 6.12). The #UD handler takes it for BUG_UD1_WARN (arch/x86/kernel/traps.c, decode_bug():
+/// ud1, ModRM mod 0 with rm 2, whatever the prefixes), reports the warning whose bug entry %reg
+/// points at and resumes at the next instruction; objtool is told with ANNOTATE_REACHABLE,
+/// which does not survive the link. Any other ud1 still traps for good.
+fn is_warn_trap(ins: &Instruction) -> bool {
+    ins.mnemonic() == Mnemonic::Ud1
+        && ins.op1_kind() == IcedOp::Memory
+        && matches!(ins.memory_base(), Register::EDX | Register::RDX)
+        && ins.memory_index() == Register::None
+        && ins.memory_displ_size() == 0
 }
 
 /// Whether an instruction whose mnemonic is `m` (one [`stack_op`] looks at) can have a stack
@@ -2093,6 +2107,16 @@ mod tests {
         assert_eq!(one(&[0x90]).kind, Kind::Nop);
         assert_eq!(one(&[0xff, 0xe0]).kind, Kind::JumpIndirect); // jmp *%rax
         assert_eq!(one(&[0xff, 0xd0]).kind, Kind::CallIndirect); // call *%rax
+    }
+
+    #[test]
+    fn only_the_warn_trap_form_of_ud1_goes_on() {
+        assert_eq!(one(&[0x67, 0x48, 0x0f, 0xb9, 0x3a]).kind, Kind::Other); // ud1 (%edx),%rdi
+        assert_eq!(one(&[0x48, 0x0f, 0xb9, 0x3a]).kind, Kind::Other); // ud1 (%rdx),%rdi
+        assert_eq!(one(&[0x0f, 0xb9, 0xcc]).kind, Kind::Ud2); // ud1 %esp,%ecx (static calls)
+        assert_eq!(one(&[0x67, 0x0f, 0xb9, 0x40, 0x10]).kind, Kind::Ud2); // ud1 0x10(%eax),%eax
+        assert_eq!(one(&[0x49, 0x0f, 0xb9, 0x3a]).kind, Kind::Ud2); // ud1 (%r10),%rdi
+        assert_eq!(one(&[0x48, 0x0f, 0xb9, 0x7a, 0x08]).kind, Kind::Ud2); // ud1 8(%rdx),%rdi
     }
 
     #[test]
