@@ -277,20 +277,63 @@ fn hint_candidates(ctx: &Ctx<'_, '_>) -> Vec<(InsnId, Cfi)> {
             next_func += 1;
         }
         let e = &orc.entries[i];
-        if e.kind != OrcType::Call || ip < covered_to {
+        if e.kind != OrcType::Call {
             continue;
         }
-        let Some(id) = ctx.insns.at(ip) else { continue };
+        // The entry's reach outside every function: from its address, or from the end of the
+        // function it starts in, to the next entry or function.
+        let end = orc
+            .ips
+            .get(i + 1)
+            .copied()
+            .unwrap_or(u64::MAX)
+            .min(funcs.get(next_func).map_or(u64::MAX, |f| f.addr));
+        let (start, at_entry) = if ip < covered_to {
+            (covered_to, false)
+        } else {
+            (ip, true)
+        };
+        if start >= end {
+            continue;
+        }
+        let Some(state) = orc::hint_state(e) else {
+            continue;
+        };
         // Entries in replacement code are objtool's states for it at its original site, not
         // hints: that code is walked from the alternative that uses it.
-        if in_ranges(ctx.sections_unhinted, ip) {
+        let root = |id: InsnId, out: &mut Vec<(InsnId, Cfi)>| {
+            if !in_ranges(ctx.sections_unhinted, ctx.insns.get(id).addr()) {
+                out.push((id, state));
+            }
+        };
+        let Some(first) = ctx.insns.at(start) else {
             continue;
-        }
-        if let Some(state) = orc::hint_state(e) {
-            out.push((id, state));
+        };
+        // objtool gives an instruction it never reached an undefined entry, and writes an
+        // entry only where the state changes: code after a return or jump that the entry
+        // still covers was reached with the same state, from a hint of its own that left no
+        // entry (kexec's pr_char_8250_mmio32 follows pr_char_8250, both UNWIND_HINT_FUNC).
+        // Each such instruction is a root too; those a walk reaches first are skipped.
+        let mut prev = (first > 0).then(|| ctx.insns.get(first - 1));
+        for id in first..ctx.insns.len() as InsnId {
+            let insn = ctx.insns.get(id);
+            if insn.addr() >= end {
+                break;
+            }
+            let follows_end = prev.is_some_and(|p| p.end() == insn.addr() && ends_flow(p.kind));
+            if (at_entry && id == first) || follows_end {
+                root(id, &mut out);
+            }
+            prev = Some(insn);
         }
     }
     out
+}
+
+/// Whether execution never goes on from an instruction of this kind to the next.
+fn ends_flow(kind: Kind) -> bool {
+    !crate::graph::goes_on(kind)
+        && !matches!(kind, Kind::JumpCond | Kind::Call | Kind::CallIndirect)
 }
 
 /// Rule 1: a return that no function's walk reached and that lies outside every function.
