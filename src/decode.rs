@@ -1773,7 +1773,11 @@ fn class_of(code: Code) -> Class {
         | Mnemonic::Sysexitq
         | Mnemonic::Iret
         | Mnemonic::Iretd
-        | Mnemonic::Retf => Kind::ContextSwitch,
+        | Mnemonic::Retf
+        // FRED's return to user mode and to the kernel (after 6.12's entry_64_fred.S); objtool
+        // takes them for sysret.
+        | Mnemonic::Eretu
+        | Mnemonic::Erets => Kind::ContextSwitch,
         Mnemonic::Iretq => Kind::Iretq,
         // ud0/ud1 trap like ud2; static-call trampolines end in ud1 as a signature.
         Mnemonic::Ud2 | Mnemonic::Ud1 | Mnemonic::Ud0 => Kind::Ud2,
@@ -2101,6 +2105,9 @@ mod tests {
         assert_eq!(one(&[0x0f, 0x07]).kind, Kind::ContextSwitch); // sysret
         assert_eq!(one(&[0x48, 0x0f, 0x07]).kind, Kind::ContextSwitch); // sysretq
         assert_eq!(one(&[0x0f, 0x05]).kind, Kind::ContextSwitch); // syscall
+        assert_eq!(one(&[0xf3, 0x0f, 0x01, 0xca]).kind, Kind::ContextSwitch); // eretu
+        assert_eq!(one(&[0xf2, 0x0f, 0x01, 0xca]).kind, Kind::ContextSwitch); // erets
+        assert_eq!(one(&[0x0f, 0x01, 0xca]).kind, Kind::Other); // clac
         assert_eq!(one(&[0x48, 0xcf]).kind, Kind::Iretq);
         assert_eq!(one(&[0xf4]).kind, Kind::Halt);
         assert_eq!(one(&[0x0f, 0x1f, 0x44, 0x00, 0x00]).kind, Kind::Nop);

@@ -517,16 +517,27 @@ pub struct Functions<'data> {
 pub fn functions<'data>(image: &Image<'data>, insns: &Insns) -> Functions<'data> {
     let funcs = collect_funcs(image, insns);
     crate::lap("tables+functions: functions");
-    let mut functions = owners(funcs, insns);
+    // Code of the alternatives that no symbol covers but that runs for the function at the
+    // alternative's site: a jump from it to a `.cold` part is a live one.
+    let alt_code: Vec<(u64, u64)> = [".altinstr_replacement", ".altinstr_aux"]
+        .iter()
+        .filter_map(|n| image.section_by_name(n))
+        .map(|s| (s.addr, s.addr + s.size))
+        .collect();
+    let mut functions = owners(funcs, insns, &alt_code);
     functions.labels = labels(image, &functions.funcs);
     crate::lap("tables+functions: labels");
     functions
 }
 
-fn owners<'data>(mut funcs: Vec<Func<'data>>, insns: &Insns) -> Functions<'data> {
+fn owners<'data>(
+    mut funcs: Vec<Func<'data>>,
+    insns: &Insns,
+    alt_code: &[(u64, u64)],
+) -> Functions<'data> {
     let owners = Owners::new(&funcs, insns.len());
     crate::lap("tables+functions: owners");
-    link_cold_parts(&mut funcs, &owners, insns);
+    link_cold_parts(&mut funcs, &owners, insns, alt_code);
     crate::lap("tables+functions: cold parts");
     let targets = branch_hits(insns);
     crate::lap("tables+functions: branch targets");
@@ -595,7 +606,7 @@ fn from_funcs<'data>(
     tables: &Tables,
     frame_pointer: bool,
 ) -> Graph<'data> {
-    let functions = owners(funcs, insns);
+    let functions = owners(funcs, insns, &[]);
     from_functions(functions, image, insns, tables, frame_pointer)
 }
 
@@ -912,8 +923,18 @@ impl Entries {
 /// after the function its code came from, which after inlining need not be the one that
 /// jumps to it (`ftrace_replace_code.cold` is entered from `ftrace_process_locs()`), and static
 /// functions can share names across files; the name only breaks ties and stands in when no
-/// jump is found.
-fn link_cold_parts(funcs: &mut [Func<'_>], owners: &Owners, insns: &Insns) {
+/// jump is found. A part jumped to only from code no symbol covers is dead code (the discarded
+/// body of an overridden weak function), unless that code is an alternative's (`alt_code`):
+/// after 6.12 static_cpu_has() jumps straight to the cold part from its replacement and from
+/// `.altinstr_aux` (Debian's 7.2: memory_block_size_bytes.cold), and the name decides.
+fn link_cold_parts(
+    funcs: &mut [Func<'_>],
+    owners: &Owners,
+    insns: &Insns,
+    alt_code: &[(u64, u64)],
+) {
+    const NO_SYMBOL: usize = usize::MAX;
+    const ALTERNATIVE: usize = usize::MAX - 1;
     let is_cold: Vec<bool> = funcs
         .par_iter()
         .map(|f| cold_parent_name(f.name).is_some())
@@ -931,15 +952,24 @@ fn link_cold_parts(funcs: &mut [Func<'_>], owners: &Owners, insns: &Insns) {
             .filter(|(_, &c)| c)
             .map(|(f, _)| f.first..f.end),
     );
-    // (cold part, jumping function), with usize::MAX for a jump from code no symbol covers.
+    // (cold part, jumping function), with NO_SYMBOL or ALTERNATIVE for a jump from code no
+    // symbol covers.
     let mut jumps: Vec<(usize, usize)> = insns
         .jumps
         .par_iter()
         .filter(|&&(_, to)| to != crate::decode::NO_INSN && bit(&in_cold, to))
         .filter_map(|&(n, to)| {
             let c = func_of(to)?;
-            let from = func_of(n).unwrap_or(usize::MAX);
-            (is_cold[c] && from != c && (from == usize::MAX || !is_cold[from])).then_some((c, from))
+            let from = func_of(n).unwrap_or_else(|| {
+                let at = insns.get(n).addr();
+                if alt_code.iter().any(|&(lo, hi)| (lo..hi).contains(&at)) {
+                    ALTERNATIVE
+                } else {
+                    NO_SYMBOL
+                }
+            });
+            (is_cold[c] && from != c && (from >= ALTERNATIVE || !is_cold[from]))
+                .then_some((c, from))
         })
         .collect();
     jumps.par_sort_unstable();
@@ -973,10 +1003,11 @@ fn link_cold_parts(funcs: &mut [Func<'_>], owners: &Owners, insns: &Insns) {
             let hi = jumps.partition_point(|&(c, _)| c <= i);
             let mut jumpers = jumps[lo..hi]
                 .iter()
-                .filter(|&&(_, f)| f != usize::MAX)
+                .filter(|&&(_, f)| f < ALTERNATIVE)
                 .map(|&(_, f)| f as FuncId)
                 .peekable();
-            if jumpers.peek().is_none() && hi > lo {
+            let from_alternative = jumps[lo..hi].iter().any(|&(_, f)| f == ALTERNATIVE);
+            if jumpers.peek().is_none() && hi > lo && !from_alternative {
                 func.skip = Some(Skip::DeadCode);
                 return;
             }
