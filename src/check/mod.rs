@@ -1106,13 +1106,39 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
         let ranges = std::iter::once(self.f).chain(g.cold_parts(self.f).iter().copied());
         for part in ranges {
             let pf = g.func(part);
-            let mut dead_run = false;
-            let mut from = pf.first;
-            while let Some(id) = self.b.seen.first_unseen(from, pf.end) {
-                // A reached instruction between ends a run of dead code.
-                dead_run = (dead_run && id == from) || after_noreturn_call(id);
+            let Some(first) = self.b.seen.first_unseen(pf.first, pf.end) else {
+                continue;
+            };
+            // The dead code after such calls (the run of unreached instructions that follows
+            // one), and the code only it leads to (its branches' targets and the runs after
+            // them): flooded over the instructions no path reached. A noreturn callee known only in the whole image (Rust's u128
+            // helpers are panicking stubs in the kernel: `__rust__udivti3` is endbr64; ud2)
+            // leaves whole blocks that only the dead code after the call branches to.
+            let mut dead = vec![false; (pf.end - first) as usize];
+            let mut work: Vec<InsnId> = (first..pf.end)
+                .filter(|&id| !self.b.seen.contains(id) && after_noreturn_call(id))
+                .collect();
+            while let Some(id) = work.pop() {
+                let slot = (id - first) as usize;
+                if dead[slot] {
+                    continue;
+                }
+                dead[slot] = true;
                 let insn = insns.get(id);
-                if !dead_run && !padding(insn.kind) {
+                let target = matches!(insn.kind, Kind::Jump | Kind::JumpCond)
+                    .then(|| insns.target(id))
+                    .flatten();
+                let next = (id + 1 < pf.end).then_some(id + 1);
+                for t in [target, next].into_iter().flatten() {
+                    if (first..pf.end).contains(&t) && !self.b.seen.contains(t) {
+                        work.push(t);
+                    }
+                }
+            }
+            let mut from = first;
+            while let Some(id) = self.b.seen.first_unseen(from, pf.end) {
+                let insn = insns.get(id);
+                if !dead[(id - first) as usize] && !padding(insn.kind) {
                     return Some(Finding::new(
                         FindingKind::UnreachableInstruction,
                         insn.addr(),
