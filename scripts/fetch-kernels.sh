@@ -3,6 +3,7 @@
 #
 #   scripts/fetch-kernels.sh [6.1|6.12|all]    (default: all: the two cloud images)
 #   scripts/fetch-kernels.sh [6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours]
+#   scripts/fetch-kernels.sh [trixie|sid]
 #
 # The second form fetches Debian's other flavours of the same releases (generic amd64 and
 # PREEMPT_RT configurations), which nothing runs by default.
@@ -63,12 +64,54 @@ fetch_one() { # flavour package-regex (anchored with ^...$)
         tmp=$(mktemp -d "$cache/.tmp.XXXXXX")
         echo "fetch-kernels: downloading $pkg (a few hundred MB, once)" >&2
         (cd "$tmp" && apt-get download -qq "$pkg" >&2)
-        (cd "$tmp" && dpkg-deb --fsys-tarfile ./*.deb | tar x --wildcards './usr/lib/debug/boot/vmlinux-*')
-        mkdir -p "$dir"
-        mv "$tmp"/usr/lib/debug/boot/vmlinux-* "$dir/vmlinux.part"
-        mv "$dir/vmlinux.part" "$dir/vmlinux"
-        chmod a-w "$dir/vmlinux"
-        rm -rf "$tmp"
+        unpack_vmlinux "$tmp" "$dir"
+    fi
+    echo "$flavour $dir/vmlinux"
+}
+
+# unpack_vmlinux TMP DIR: the vmlinux of the one .deb in TMP into DIR/vmlinux; TMP is removed.
+# Newer packages (Debian's 7.x) ship /usr/lib/debug/boot/vmlinux-* as a symlink to
+# ../lib/modules/<version>/vmlinux: the link's target is unpacked then.
+unpack_vmlinux() {
+    local tmp=$1 dir=$2 boot target
+    (cd "$tmp" && dpkg-deb --fsys-tarfile ./*.deb | tar x --wildcards './usr/lib/debug/boot/vmlinux-*')
+    boot=$(ls "$tmp"/usr/lib/debug/boot/vmlinux-* | head -1)
+    if [ -L "$boot" ]; then
+        target=$(realpath -m --relative-to="$tmp" "$(dirname "$boot")/$(readlink "$boot")")
+        rm "$boot"
+        (cd "$tmp" && dpkg-deb --fsys-tarfile ./*.deb | tar x "./$target")
+        mv "$tmp/$target" "$boot"
+    fi
+    mkdir -p "$dir"
+    mv "$boot" "$dir/vmlinux.part"
+    mv "$dir/vmlinux.part" "$dir/vmlinux"
+    chmod a-w "$dir/vmlinux"
+    rm -rf "$tmp"
+}
+
+# fetch_pool FLAVOUR SUITE PACKAGE-REGEX: the newest matching package of a Debian suite this
+# machine's apt does not list (trixie, sid), straight from the mirror's pool. Falls back to a
+# cached image when the mirror cannot be read.
+fetch_pool() {
+    local flavour=$1 suite=$2 regex=$3 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+    local line pkg file dir tmp
+    line=$(curl -fsS "$mirror/dists/$suite/main/binary-amd64/Packages.xz" | xz -dc \
+        | awk -v re="$regex" '/^Package: /{p = $2} /^Filename: / && p ~ re {print p, $2}' \
+        | sort -V | tail -1 || true)
+    if [ -z "$line" ]; then
+        local cached
+        cached=$(ls -d "$cache"/linux-image-*/ 2>/dev/null | sed 's|/$||; s|.*/||' | grep -E "$regex" | sort -V | tail -1 || true)
+        [ -n "$cached" ] && [ -s "$cache/$cached/vmlinux" ] \
+            || { echo "fetch-kernels: no package in $suite matches $regex" >&2; return 1; }
+        echo "$flavour $cache/$cached/vmlinux"; return 0
+    fi
+    pkg=${line%% *} file=${line#* }
+    dir=$cache/$pkg
+    if [ ! -s "$dir/vmlinux" ]; then
+        tmp=$(mktemp -d "$cache/.tmp.XXXXXX")
+        echo "fetch-kernels: downloading $pkg from $suite (a few hundred MB, once)" >&2
+        curl -fsS -o "$tmp/$pkg.deb" "$mirror/$file"
+        unpack_vmlinux "$tmp" "$dir"
     fi
     echo "$flavour $dir/vmlinux"
 }
@@ -99,5 +142,10 @@ case $want in
         fetch_one 6.12-generic "$generic612"
         fetch_one 6.12-rt "$rt612"
         ;;
-    *) echo "usage: $0 [6.1|6.12|all|6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours]" >&2; exit 2 ;;
+    # Later releases, not part of `all`: Debian 13's 6.12 (built by gcc 14) and the newest
+    # kernel of unstable (7.2 when this was written: a renumbered ORC, a __bug_table with a
+    # format, FRED entry code).
+    trixie) fetch_pool trixie trixie '^linux-image-6\.12\.[0-9]+\+deb13-cloud-amd64-dbg$' ;;
+    sid) fetch_pool sid sid '^linux-image-[0-9]+\.[0-9]+\.[0-9]+\+deb[0-9]+-cloud-amd64-dbg$' ;;
+    *) echo "usage: $0 [6.1|6.12|all|6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours|trixie|sid]" >&2; exit 2 ;;
 esac
