@@ -24,6 +24,13 @@ pub const BUILT_IN: &[(&str, &str)] = &[
          returns to the next instruction; the source brackets it with UNWIND_HINT_SAVE/RESTORE",
     ),
     (
+        "asm_fred_entry_from_kvm",
+        "arch/x86/entry/entry_64_fred.S (after 6.12): builds a FRED frame and pt_regs on its \
+         own stack, then leaves them by ERETS (with FRED) or by restoring rsp from rbp, with \
+         the callee-saved registers still recorded as pushed; UNWIND_HINT_SAVE/RESTORE give \
+         objtool the state after that, and they do not survive the link",
+    ),
+    (
         "retbleed_untrain_ret",
         "arch/x86/lib/retpoline.S: jumps into the middle of its own `test` instruction \
          (`.byte 0xf6` + retbleed_return_thunk) to train the return predictor",
