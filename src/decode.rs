@@ -1674,7 +1674,9 @@ fn decode_with<'d>(
             decoder.decode_out(&mut ins);
             // Reading on past the piece's end would not have decoded within it: iced-x86 gives
             // an instruction only when all its bytes are there.
-            (ins.is_invalid() || ins.len() > bytes.len() - pos).then_some((1, Kind::Invalid))
+            (ins.is_invalid() || ins.len() > bytes.len() - pos).then(|| {
+                unknown_to_iced(&bytes[pos..]).map_or((1, Kind::Invalid), |len| (len, Kind::Other))
+            })
         };
         let Some((len, kind)) = special else {
             emit(classify(classes, &ins));
@@ -1686,6 +1688,21 @@ fn decode_with<'d>(
         behind = true;
     }
     folded
+}
+
+/// Instructions the kernel uses, and its own decoder (arch/x86/lib/x86-opcode-map.txt) and
+/// objtool know, that this iced-x86 does not: the length of the one `code` starts with. All
+/// are plain: no branch, no stack change.
+fn unknown_to_iced(code: &[u8]) -> Option<u8> {
+    const KNOWN: &[&[u8]] = &[
+        // RMPREAD (AMD SEV-SNP, arch/x86/virt/svm/sev.c, after 6.12: `.byte 0xf2, 0x0f, 0x01,
+        // 0xfd` until binutils 2.44 knows it).
+        &[0xf2, 0x0f, 0x01, 0xfd],
+    ];
+    KNOWN
+        .iter()
+        .find(|k| code.starts_with(k))
+        .map(|k| k.len() as u8)
 }
 
 /// Decodes every executable byte of `image` twice, instruction by instruction: with iced-x86
@@ -2114,6 +2131,15 @@ mod tests {
         assert_eq!(one(&[0x90]).kind, Kind::Nop);
         assert_eq!(one(&[0xff, 0xe0]).kind, Kind::JumpIndirect); // jmp *%rax
         assert_eq!(one(&[0xff, 0xd0]).kind, Kind::CallIndirect); // call *%rax
+    }
+
+    #[test]
+    fn instructions_iced_does_not_know_decode_as_plain_ones() {
+        let mut out = Vec::new();
+        // rmpread; ret
+        decode_into(BASE, &[0xf2, 0x0f, 0x01, 0xfd, 0xc3], &mut out);
+        let kinds: Vec<(u8, Kind)> = out.iter().map(|i| (i.len, i.kind)).collect();
+        assert_eq!(kinds, [(4, Kind::Other), (1, Kind::Return)]);
     }
 
     #[test]
