@@ -1306,13 +1306,15 @@ pub fn alt_exit(tables: &Tables, id: InsnId) -> Option<InsnId> {
 }
 
 /// The register a retpoline thunk at `addr` jumps through (`__x86_indirect_thunk_rdx` -> rdx).
+/// Any of the names at `addr` will do: the first thunk, rax's, shares its address with
+/// `__x86_indirect_thunk_array`, which names no register (in Debian's 5.10 that name sorts first).
 fn thunk_register(image: &Image<'_>, addr: u64) -> Option<u8> {
     let i = image.symbols.partition_point(|s| s.addr < addr);
     image.symbols[i..]
         .iter()
         .take_while(|s| s.addr == addr)
-        .find_map(|s| s.name.strip_prefix("__x86_indirect_thunk_"))
-        .and_then(|r| crate::decode::reg::NAMES.iter().position(|&n| n == r))
+        .filter_map(|s| s.name.strip_prefix("__x86_indirect_thunk_"))
+        .find_map(|r| crate::decode::reg::NAMES.iter().position(|&n| n == r))
         .map(|r| r as u8)
 }
 

@@ -299,15 +299,20 @@ fn hint_candidates(ctx: &Ctx<'_, '_>) -> Vec<(InsnId, Cfi)> {
         let Some(state) = orc::hint_state(e) else {
             continue;
         };
-        // Entries in replacement code are objtool's states for it at its original site, not
-        // hints: that code is walked from the alternative that uses it.
-        let root = |id: InsnId, out: &mut Vec<(InsnId, Cfi)>| {
-            if !in_ranges(ctx.sections_unhinted, ctx.insns.get(id).addr()) {
-                out.push((id, state));
-            }
-        };
+        // Entries in replacement code are objtool's states for it at its original site, and
+        // those in a replaced __weak function's body its states for that dead code: not
+        // hints, except an entry of its own at an instruction alone in padding. objtool gives
+        // unreached padding an undefined entry, so such an entry is a hint: the Xen hypercall
+        // page of 5.10 is 128 stubs of `ret` and int3 filler, each UNWIND_HINT_FUNC, and the
+        // stubs with no hypercall name lie in the hole after the last named one.
         let Some(first) = ctx.insns.at(start) else {
             continue;
+        };
+        let root = |id: InsnId, out: &mut Vec<(InsnId, Cfi)>| {
+            let hinted = id == first && at_entry && padding_neighbours(ctx, id);
+            if hinted || !in_ranges(ctx.sections_unhinted, ctx.insns.get(id).addr()) {
+                out.push((id, state));
+            }
         };
         // objtool gives an instruction it never reached an undefined entry, and writes an
         // entry only where the state changes: code after a return or jump that the entry
