@@ -3,7 +3,7 @@
 #
 #   scripts/fetch-kernels.sh [6.1|6.12|all]    (default: all: the two cloud images)
 #   scripts/fetch-kernels.sh [6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours]
-#   scripts/fetch-kernels.sh [trixie|trixie-generic|trixie-rt|sid|sid-generic|sid-rt]
+#   scripts/fetch-kernels.sh [bullseye|trixie|trixie-generic|trixie-rt|sid|sid-generic|sid-rt]
 #
 # The second form fetches Debian's other flavours of the same releases (generic amd64 and
 # PREEMPT_RT configurations), which nothing runs by default.
@@ -142,9 +142,10 @@ case $want in
         fetch_one 6.12-generic "$generic612"
         fetch_one 6.12-rt "$rt612"
         ;;
-    # Later releases, not part of `all`: Debian 13's 6.12 (built by gcc 14) and the newest
+    # Debian 11's 5.10 (ORC v2, Xen hypercall page of stubs), and later releases, not part of `all`: Debian 13's 6.12 (built by gcc 14) and the newest
     # kernel of unstable (7.2 when this was written: a renumbered ORC, a __bug_table with a
     # format, FRED entry code).
+    bullseye) fetch_pool bullseye bullseye '^linux-image-5\.10\.0-[0-9]+-cloud-amd64-dbg$' ;;
     trixie) fetch_pool trixie trixie '^linux-image-6\.12\.[0-9]+\+deb13-cloud-amd64-dbg$' ;;
     trixie-generic) fetch_pool trixie-generic trixie '^linux-image-6\.12\.[0-9]+\+deb13-amd64-dbg$' ;;
     trixie-rt) fetch_pool trixie-rt trixie '^linux-image-6\.12\.[0-9]+\+deb13-rt-amd64-dbg$' ;;
@@ -152,5 +153,5 @@ case $want in
     # Its generic and PREEMPT_RT flavours: about 1.2 GB to download each, once.
     sid-generic) fetch_pool sid-generic sid '^linux-image-[0-9]+\.[0-9]+\.[0-9]+\+deb[0-9]+-amd64-dbg$' ;;
     sid-rt) fetch_pool sid-rt sid '^linux-image-[0-9]+\.[0-9]+\.[0-9]+\+deb[0-9]+-rt-amd64-dbg$' ;;
-    *) echo "usage: $0 [6.1|6.12|all|6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours|trixie|trixie-generic|trixie-rt|sid|sid-generic|sid-rt]" >&2; exit 2 ;;
+    *) echo "usage: $0 [6.1|6.12|all|6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours|bullseye|trixie|trixie-generic|trixie-rt|sid|sid-generic|sid-rt]" >&2; exit 2 ;;
 esac
