@@ -3,10 +3,11 @@
 #
 #   scripts/check-kernel.sh [6.1|6.12|all] [stackval check options...]
 #   scripts/check-kernel.sh [6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours] [options...]
-#   scripts/check-kernel.sh [trixie|sid] [options...]
+#   scripts/check-kernel.sh [bullseye|trixie|trixie-generic|trixie-rt|sid|sid-generic|sid-rt] [options...]
 #
 # `all` is the two cloud images; the second form checks Debian's other flavours of the same
-# releases, the third Debian 13's 6.12 and unstable's newest (see scripts/fetch-kernels.sh).
+# releases, the third Debian 11's 5.10, Debian 13's 6.12 and unstable's newest (see
+# scripts/fetch-kernels.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which=${1:-6.1}
