@@ -3,7 +3,7 @@
 # how many of them stackval reports.
 #
 #   scripts/fault-detection.sh [--count N] [--seed S] [--kinds K,...] [--no-fail] [--save DIR]
-#                              [6.1|6.12|all|6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours|bullseye|trixie|trixie-generic|trixie-rt|sid|sid-generic|sid-rt]
+#                              [6.1|6.12|all|6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours|bullseye|bullseye-generic|bullseye-rt|trixie|trixie-generic|trixie-rt|sid|sid-generic|sid-rt]
 #
 # For each image (default: all): build stackval, fetch the image (scripts/fetch-kernels.sh),
 # check the undamaged image (the baseline), inject N faults (default 200, seed 1) into ONE copy
@@ -35,9 +35,9 @@ while [ $# -gt 0 ]; do
         --no-fail) fail=0; shift ;;
         --save) save=$2; shift 2 ;;
         --save=*) save=${1#*=}; shift ;;
-        6.1|6.12|all|6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours|bullseye|trixie|trixie-generic|trixie-rt|sid|sid-generic|sid-rt) which=$1; shift ;;
+        6.1|6.12|all|6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours|bullseye|bullseye-generic|bullseye-rt|trixie|trixie-generic|trixie-rt|sid|sid-generic|sid-rt) which=$1; shift ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-        *) echo "usage: $0 [--count N] [--seed S] [--kinds K,...] [--no-fail] [--save DIR] [6.1|6.12|all|6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours|bullseye|trixie|trixie-generic|trixie-rt|sid|sid-generic|sid-rt]" >&2
+        *) echo "usage: $0 [--count N] [--seed S] [--kinds K,...] [--no-fail] [--save DIR] [6.1|6.12|all|6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours|bullseye|bullseye-generic|bullseye-rt|trixie|trixie-generic|trixie-rt|sid|sid-generic|sid-rt]" >&2
            exit 2 ;;
     esac
 done

@@ -3,7 +3,7 @@
 #
 #   scripts/fetch-kernels.sh [6.1|6.12|all]    (default: all: the two cloud images)
 #   scripts/fetch-kernels.sh [6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours]
-#   scripts/fetch-kernels.sh [bullseye|trixie|trixie-generic|trixie-rt|sid|sid-generic|sid-rt]
+#   scripts/fetch-kernels.sh [bullseye|bullseye-generic|bullseye-rt|trixie|trixie-generic|trixie-rt|sid|sid-generic|sid-rt]
 #
 # The second form fetches Debian's other flavours of the same releases (generic amd64 and
 # PREEMPT_RT configurations), which nothing runs by default.
@@ -146,6 +146,8 @@ case $want in
     # kernel of unstable (7.2 when this was written: a renumbered ORC, a __bug_table with a
     # format, FRED entry code).
     bullseye) fetch_pool bullseye bullseye '^linux-image-5\.10\.0-[0-9]+-cloud-amd64-dbg$' ;;
+    bullseye-generic) fetch_pool bullseye-generic bullseye '^linux-image-5\.10\.0-[0-9]+-amd64-dbg$' ;;
+    bullseye-rt) fetch_pool bullseye-rt bullseye '^linux-image-5\.10\.0-[0-9]+-rt-amd64-dbg$' ;;
     trixie) fetch_pool trixie trixie '^linux-image-6\.12\.[0-9]+\+deb13-cloud-amd64-dbg$' ;;
     trixie-generic) fetch_pool trixie-generic trixie '^linux-image-6\.12\.[0-9]+\+deb13-amd64-dbg$' ;;
     trixie-rt) fetch_pool trixie-rt trixie '^linux-image-6\.12\.[0-9]+\+deb13-rt-amd64-dbg$' ;;
@@ -153,5 +155,5 @@ case $want in
     # Its generic and PREEMPT_RT flavours: about 1.2 GB to download each, once.
     sid-generic) fetch_pool sid-generic sid '^linux-image-[0-9]+\.[0-9]+\.[0-9]+\+deb[0-9]+-amd64-dbg$' ;;
     sid-rt) fetch_pool sid-rt sid '^linux-image-[0-9]+\.[0-9]+\.[0-9]+\+deb[0-9]+-rt-amd64-dbg$' ;;
-    *) echo "usage: $0 [6.1|6.12|all|6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours|bullseye|trixie|trixie-generic|trixie-rt|sid|sid-generic|sid-rt]" >&2; exit 2 ;;
+    *) echo "usage: $0 [6.1|6.12|all|6.1-generic|6.12-generic|6.1-rt|6.12-rt|flavours|bullseye|bullseye-generic|bullseye-rt|trixie|trixie-generic|trixie-rt|sid|sid-generic|sid-rt]" >&2; exit 2 ;;
 esac
