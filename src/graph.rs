@@ -517,14 +517,8 @@ pub struct Functions<'data> {
 pub fn functions<'data>(image: &Image<'data>, insns: &Insns) -> Functions<'data> {
     let funcs = collect_funcs(image, insns);
     crate::lap("tables+functions: functions");
-    // Code of the alternatives that no symbol covers but that runs for the function at the
-    // alternative's site: a jump from it to a `.cold` part is a live one.
-    let alt_code: Vec<(u64, u64)> = [".altinstr_replacement", ".altinstr_aux"]
-        .iter()
-        .filter_map(|n| image.section_by_name(n))
-        .map(|s| (s.addr, s.addr + s.size))
-        .collect();
-    let mut functions = owners(funcs, insns, &alt_code);
+    // A jump from the alternatives' own code to a `.cold` part is a live one.
+    let mut functions = owners(funcs, insns, &crate::alternative_code(image));
     functions.labels = labels(image, &functions.funcs);
     crate::lap("tables+functions: labels");
     functions
@@ -1307,7 +1301,8 @@ pub fn alt_exit(tables: &Tables, id: InsnId) -> Option<InsnId> {
 
 /// The register a retpoline thunk at `addr` jumps through (`__x86_indirect_thunk_rdx` -> rdx).
 /// Any of the names at `addr` will do: the first thunk, rax's, shares its address with
-/// `__x86_indirect_thunk_array`, which names no register (in Debian's 5.10 that name sorts first).
+/// `__x86_indirect_thunk_array`, which names no register (in Debian's 5.10 that name sorts
+/// first).
 fn thunk_register(image: &Image<'_>, addr: u64) -> Option<u8> {
     let i = image.symbols.partition_point(|s| s.addr < addr);
     image.symbols[i..]

@@ -75,9 +75,9 @@ pub enum OrcType {
     RegsPartial,
 }
 
-/// ORC base registers as [`OrcEntry`] holds them: the kernel's earlier numbers (6.12 and before), plus
-/// `AX`, which came with the numbering that replaced them (see [`RENUMBERED`]). Numbers no
-/// kernel defines stay as they are, and name no register.
+/// ORC base registers as [`OrcEntry`] holds them: the kernel's earlier numbers (6.12 and
+/// before), plus `AX`, which came with the numbering that replaced them (see [`RENUMBERED`]).
+/// Numbers no kernel defines stay as they are, and name no register.
 pub mod orc_reg {
     pub const UNDEFINED: u8 = 0;
     pub const PREV_SP: u8 = 1;

@@ -458,14 +458,20 @@ pub fn code_ranges(image: &Image<'_>) -> (Vec<Range>, Vec<Range>) {
         .map(|s| (s.addr, s.addr + s.size))
         .collect();
     sections.sort_unstable();
-    let mut unhinted: Vec<(u64, u64)> = image
-        .exec_sections()
-        .filter(|s| s.name == ".altinstr_replacement" || s.name == ".altinstr_aux")
-        .map(|s| (s.addr, s.addr + s.size))
-        .collect();
+    let mut unhinted = alternative_code(image);
     unhinted.extend(symbol_holes(image));
     unhinted.sort_unstable();
     (sections, unhinted)
+}
+
+/// The address ranges of the alternatives' own code, `.altinstr_replacement` and
+/// `.altinstr_aux`: code no symbol covers that runs for the function at an alternative's site.
+pub(crate) fn alternative_code(image: &Image<'_>) -> Vec<Range> {
+    image
+        .exec_sections()
+        .filter(|s| s.name == ".altinstr_replacement" || s.name == ".altinstr_aux")
+        .map(|s| (s.addr, s.addr + s.size))
+        .collect()
 }
 
 /// Builds the reliability report from the walk's per-function results.

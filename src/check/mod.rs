@@ -1116,9 +1116,10 @@ impl<'c, 'a, 'data> Walk<'c, 'a, 'data> {
             };
             // The dead code after such calls (the run of unreached instructions that follows
             // one), and the code only it leads to (its branches' targets and the runs after
-            // them): flooded over the instructions no path reached. A noreturn callee known only in the whole image (Rust's u128
-            // helpers are panicking stubs in the kernel: `__rust__udivti3` is endbr64; ud2)
-            // leaves whole blocks that only the dead code after the call branches to.
+            // them): flooded over the instructions no path reached. A noreturn callee known
+            // only in the whole image (Rust's u128 helpers are panicking stubs in the kernel:
+            // `__rust__udivti3` is endbr64; ud2) leaves whole blocks that only the dead code
+            // after the call branches to.
             let mut dead = vec![false; (pf.end - first) as usize];
             let mut work: Vec<InsnId> = (first..pf.end)
                 .filter(|&id| !self.b.seen.contains(id) && after_noreturn_call(id))
